@@ -1,0 +1,66 @@
+// coldstart: fast cold starts for LLM containers. See README.md for every subcommand.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include "cli.h"
+#include "commands.h"
+
+namespace {
+
+void AddReadFlags(CLI::App* cmd, coldstart::cli::ReadFlags* f) {
+  cmd->add_option("--io-engine", f->io_engine, "Local read engine: auto|uring|pread (default auto; env COLDSTART_IO_ENGINE)");
+  cmd->add_option("--direct-io", f->direct_io, "O_DIRECT for local reads: auto|on|off (default auto; env COLDSTART_DIRECT_IO)");
+  cmd->add_option("--chunk", f->chunk, "Bytes per local read request, e.g. 8MiB (env COLDSTART_READ_CHUNK)");
+  cmd->add_option("--threads", f->threads, "I/O threads, 0 = one per core (env COLDSTART_READ_THREADS)");
+  cmd->add_option("--queue-depth", f->queue_depth, "Reads in flight per I/O thread (env COLDSTART_READ_QUEUE_DEPTH)");
+  cmd->add_option("--progress", f->progress, "auto|bar|json|off: a bar on a TTY by default, JSON lines on stderr with json");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace coldstart::cli;
+  CLI::App app{"coldstart: load safetensors models fast (local disk now; GCS/HTTP and GPU streaming next)", "coldstart"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("coldstart ") + COLDSTART_VERSION);
+
+  InspectArgs inspect;
+  auto* ci = app.add_subcommand("inspect", "List a model's tensors (name, dtype, shape, bytes, file) from the headers only");
+  ci->add_option("source", inspect.source, "A .safetensors file or a model folder")->required();
+  ci->add_flag("--json", inspect.json, "Print {\"tensors\": [{name, dtype, shape, file, data_offsets}, ...]}");
+
+  LoadArgs load;
+  auto* cl = app.add_subcommand("load", "Load every tensor into memory and report bytes, seconds and GB/s");
+  cl->add_option("source", load.source, "A .safetensors file or a model folder")->required();
+  cl->add_option("--device", load.device, "Where tensors go: cpu")->capture_default_str();
+  cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
+  cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
+  AddReadFlags(cl, &load.read);
+
+  SynthArgs synth;
+  auto* cs = app.add_subcommand("synth", "Write a deterministic synthetic Gemma-3-style model folder (BF16 shards, index, config)");
+  cs->add_option("out", synth.out, "Folder to write")->required();
+  cs->add_option("--preset", synth.preset, "tiny | gemma-3-270m | gemma-3-1b | gemma-3-4b")->capture_default_str();
+  cs->add_option("--size", synth.size, "Approximate total tensor bytes, e.g. 2GiB (layers are added or removed)");
+  cs->add_option("--shards", synth.shards, "Number of shard files (default: one per 2 GiB)");
+  cs->add_option("--seed", synth.seed, "Seed for the weights")->capture_default_str();
+  cs->add_flag("--json", synth.json, "Print a JSON summary");
+
+  auto* ce = app.add_subcommand("env", "List the COLDSTART_* environment variables, their defaults and values");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    // One line on stderr for usage errors too.
+    std::fprintf(stderr, "coldstart: error: %s (see coldstart %s--help)\n", e.what(),
+                 app.get_subcommands().empty() ? "" : (app.get_subcommands()[0]->get_name() + " ").c_str());
+    return 2;
+  }
+  if (ci->parsed()) return RunInspect(inspect);
+  if (cl->parsed()) return RunLoad(load);
+  if (cs->parsed()) return RunSynth(synth);
+  if (ce->parsed()) return RunEnv();
+  return 2;
+}
