@@ -325,6 +325,9 @@ Result<SafetensorsHeader> ParseHeader(std::string_view header_json, std::uint64_
   if (header_json.empty() || header_json.front() != '{')
     return FormatError("header does not start with '{' (not a safetensors file?)");
   if (!IsValidUtf8(header_json)) return FormatError("header is not valid UTF-8");
+  // JSON text never holds a raw NUL (strings must escape it); nlohmann would stop at one.
+  if (auto nul = header_json.find('\0'); nul != std::string_view::npos)
+    return FormatError("header is not valid JSON (NUL byte at " + std::to_string(nul) + ")");
 
   HeaderSax sax(&h);
   bool ok = nlohmann::json::sax_parse(header_json, &sax, nlohmann::json::input_format_t::json,

@@ -1,13 +1,15 @@
-// `coldstart load`: the only subcommand that touches libtorch.
+// `coldstart load`: loads into the host arena, then hands the tensors to libtorch through the
+// plugin (torch_plugin.h), unless --no-torch.
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "cli.h"
 #include "coldstart/fetch/hash.h"
-#include "coldstart/runtime/state_dict.h"
+#include "torch_plugin.h"
 #include "commands.h"
 #include "options.h"
 
@@ -18,20 +20,21 @@ std::string ShapeText(const std::vector<std::uint64_t>& shape);
 namespace {
 
 // SHA-256 of every tensor, spread over the cores (one tensor per task, largest first).
-std::vector<std::string> DigestAll(const runtime::StateDict& sd) {
-  const auto& ts = sd.tensors();
+// `data` holds each tensor's memory as libtorch sees it (data_ptr()), or the arena's.
+std::vector<std::string> DigestAll(const loader::HostModel& model, const std::vector<const void*>& data) {
+  const auto ts = model.tensors();
   std::vector<std::string> out(ts.size());
   std::vector<std::size_t> order(ts.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return ts[a].tensor.nbytes() > ts[b].tensor.nbytes();
+    return ts[a].entry->nbytes > ts[b].entry->nbytes;
   });
   std::atomic<std::size_t> next{0};
   auto work = [&] {
     for (std::size_t k; (k = next.fetch_add(1)) < order.size();) {
-      const auto& t = ts[order[k]].tensor;
+      const std::size_t i = order[k];
       fetch::Sha256 h;
-      h.Update(t.data_ptr(), t.nbytes());
+      h.Update(data[i], ts[i].entry->nbytes);
       out[order[k]] = h.HexDigest();
     }
   };
@@ -56,6 +59,9 @@ int RunLoad(const LoadArgs& args) {
   auto mode = ParseProgressMode(args.read.progress);
   if (!mode.ok()) return ReportError(mode.error());
 
+  // dlopen'ing libtorch takes ~0.35 s: do it while the headers and bytes are being read.
+  std::future<Result<const TorchPluginApi*>> plugin_future;
+  if (args.torch) plugin_future = std::async(std::launch::async, [] { return LoadTorchPlugin(); });
   auto layout = loader::OpenLocalModel(args.source);
   if (!layout.ok()) return ReportError(layout.error());
   const double plan_seconds = SecondsSince(t0);
@@ -69,19 +75,29 @@ int RunLoad(const LoadArgs& args) {
   bar.Finish();
   if (!host.ok()) return ReportError(host.error());
   std::shared_ptr<const loader::HostModel> model = std::move(host).value();
-  runtime::StateDict sd;
-  try {
-    sd = runtime::ToStateDict(model);
-  } catch (const runtime::LoadError& e) {
-    return ReportError(e.error());
+  TorchTensors torch;
+  const auto torch0 = std::chrono::steady_clock::now();
+  if (args.torch) {
+    auto plugin = plugin_future.get();
+    if (!plugin.ok()) return ReportError(MakeError(plugin.error().code, plugin.error().message + "; use --no-torch"));
+    auto wrapped = (*plugin)->wrap(model);
+    if (!wrapped.ok()) return ReportError(wrapped.error());
+    torch = std::move(wrapped).value();
+  } else {
+    for (const auto& t : model->tensors()) {
+      torch.data.push_back(t.data);
+      torch.raw_bytes.push_back(false);
+    }
   }
+  const double torch_seconds = SecondsSince(torch0);
   const double seconds = SecondsSince(t0);
+  const auto& names = model->tensors();
   const auto& st = model->stats();
   std::vector<std::string> digests;
   double digest_seconds = 0;
   if (!args.digest.empty()) {
     auto d0 = std::chrono::steady_clock::now();
-    digests = DigestAll(sd);
+    digests = DigestAll(*model, torch.data);
     digest_seconds = SecondsSince(d0);
   }
   const double bytes = static_cast<double>(st.bytes);
@@ -92,16 +108,19 @@ int RunLoad(const LoadArgs& args) {
     j["bytes"] = st.bytes;
     j["seconds"] = seconds;
     j["gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0.0;
-    j["phases"] = {{"plan_seconds", plan_seconds}, {"read_seconds", st.seconds}};
+    j["phases"] = {{"plan_seconds", plan_seconds}, {"read_seconds", st.seconds},
+                   {"torch_wait_seconds", torch_seconds}};
     j["io"] = {{"engine", st.read.engine},         {"threads", st.read.threads},
                {"direct_bytes", st.read.direct_bytes}, {"requests", st.read.requests},
                {"short_reads", st.read.short_reads},   {"retries", st.read.retries}};
     if (!digests.empty()) j["digest_seconds"] = digest_seconds;
+    j["tensor_library"] = args.torch ? torch.torch_version : "none (--no-torch)";
+    // ordered_json stores keys in a vector: take this reference only after the last new key.
     auto& arr = j["tensors"] = nlohmann::ordered_json::array();
-    for (std::size_t i = 0; i < sd.tensors().size(); ++i) {
-      const auto& t = sd.tensors()[i];
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const auto& t = *names[i].entry;
       nlohmann::ordered_json row{{"name", t.name}, {"dtype", loader::DTypeName(t.dtype)}, {"shape", t.shape}};
-      if (t.raw_bytes) row["torch_dtype"] = "uint8 (raw bytes: this libtorch has no such dtype)";
+      if (torch.raw_bytes[i]) row["torch_dtype"] = "uint8 (raw bytes: this libtorch has no such dtype)";
       if (!digests.empty()) row["sha256"] = digests[i];
       arr.push_back(std::move(row));
     }
@@ -109,17 +128,17 @@ int RunLoad(const LoadArgs& args) {
     return 0;
   }
   if (!digests.empty())
-    for (std::size_t i = 0; i < sd.tensors().size(); ++i)
-      std::printf("%s  %s\n", digests[i].c_str(), sd.tensors()[i].name.c_str());
+    for (std::size_t i = 0; i < names.size(); ++i)
+      std::printf("%s  %s\n", digests[i].c_str(), names[i].entry->name.c_str());
   std::size_t raw = 0;
-  for (const auto& t : sd.tensors()) raw += t.raw_bytes;
+  for (bool r : torch.raw_bytes) raw += r;
   std::printf("loaded %zu tensors (%s) from %zu file%s to %s in %.3f s: %s [%s x%u, %.0f%% O_DIRECT]%s\n",
-              sd.tensors().size(), FormatBytes(bytes).c_str(), model->layout().files.size(),
+              names.size(), FormatBytes(bytes).c_str(), model->layout().files.size(),
               model->layout().files.size() == 1 ? "" : "s", args.device.c_str(), seconds,
               FormatRate(seconds > 0 ? bytes / seconds : 0).c_str(), st.read.engine.c_str(), st.read.threads,
               bytes > 0 ? 100.0 * static_cast<double>(st.read.direct_bytes) / bytes : 0.0,
               raw ? (" (" + std::to_string(raw) + " tensors as raw bytes: dtype missing in " +
-                     runtime::TorchVersionString() + ")").c_str()
+                     torch.torch_version + ")").c_str()
                   : "");
   return 0;
 }

@@ -25,6 +25,7 @@ struct LoadArgs {
   std::string device = "cpu";
   std::string digest;  // "" or "sha256"
   bool json = false;
+  bool torch = true;   // wrap as torch::Tensors through the libtorch plugin
   ReadFlags read;
 };
 

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   cl->add_option("--device", load.device, "Where tensors go: cpu")->capture_default_str();
   cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
   cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
+  cl->add_flag("!--no-torch", load.torch, "Stop at host memory: do not load libtorch or make torch::Tensors");
   AddReadFlags(cl, &load.read);
 
   SynthArgs synth;

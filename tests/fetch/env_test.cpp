@@ -1,0 +1,68 @@
+#include "coldstart/env.h"
+
+#include <gtest/gtest.h>
+
+namespace coldstart {
+namespace {
+
+TEST(ParseBytes, UnitsAndErrors) {
+  EXPECT_EQ(*ParseBytes("4096"), 4096u);
+  EXPECT_EQ(*ParseBytes("8MiB"), 8u << 20);
+  EXPECT_EQ(*ParseBytes("8M"), 8u << 20);
+  EXPECT_EQ(*ParseBytes("1.5GiB"), 3ull << 29);
+  EXPECT_EQ(*ParseBytes(" 2 kb "), 2048u);
+  for (const char* bad : {"", "-1", "MiB", "1.5", "12XB", "1e9", "9999999TiB", "0x10"})
+    EXPECT_FALSE(ParseBytes(bad).ok()) << bad;
+}
+
+TEST(ParseSeconds, Units) {
+  EXPECT_DOUBLE_EQ(*ParseSeconds("30"), 30.0);
+  EXPECT_DOUBLE_EQ(*ParseSeconds("500ms"), 0.5);
+  EXPECT_DOUBLE_EQ(*ParseSeconds("2m"), 120.0);
+  EXPECT_FALSE(ParseSeconds("soon").ok());
+  EXPECT_FALSE(ParseSeconds("5 parsecs").ok());
+}
+
+TEST(ParseBool, Spellings) {
+  EXPECT_TRUE(*ParseBool("Yes"));
+  EXPECT_FALSE(*ParseBool("off"));
+  EXPECT_FALSE(ParseBool("maybe").ok());
+}
+
+TEST(Env, UnknownColdstartVariableIsAnError) {
+  auto st = Env::FromMap({{"COLDSTART_IO_ENGIN", "pread"}}).Validate();
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find("COLDSTART_IO_ENGIN"), std::string::npos);
+  EXPECT_TRUE(Env::FromMap({{"COLDSTART_IO_ENGINE", "pread"}, {"HOME", "/root"}}).Validate().ok());
+}
+
+TEST(Env, TypedGettersNameTheVariable) {
+  Env env = Env::FromMap({{"COLDSTART_READ_CHUNK", "big"}, {"COLDSTART_HUGE_PAGES", "0"}});
+  auto c = env.GetBytes("COLDSTART_READ_CHUNK");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find("COLDSTART_READ_CHUNK"), std::string::npos);
+  auto h = env.GetBool("COLDSTART_HUGE_PAGES");
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(*h, std::optional<bool>(false));
+  auto missing = env.GetUint("COLDSTART_READ_THREADS");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_FALSE(missing->has_value());
+}
+
+TEST(Env, EveryKnownVariableIsDocumented) {
+  for (const auto& v : KnownEnvVars()) {
+    EXPECT_EQ(v.name.substr(0, 10), "COLDSTART_") << v.name;
+    EXPECT_FALSE(v.doc.empty()) << v.name;
+    EXPECT_FALSE(v.default_value.empty()) << v.name;
+  }
+}
+
+TEST(Error, ContextAndErrno) {
+  Error e = MakeSysError(Errc::kIo, "read", ENOSPC);
+  e.WithContext("shard.safetensors");
+  EXPECT_EQ(e.sys_errno, ENOSPC);
+  EXPECT_EQ(e.message.rfind("shard.safetensors: read: ", 0), 0u) << e.message;
+}
+
+}  // namespace
+}  // namespace coldstart

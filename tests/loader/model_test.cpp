@@ -1,0 +1,178 @@
+// Model folders: the sharded index, folders without one, and every way they go wrong.
+#include "coldstart/loader/model.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "../common/temp_dir.h"
+#include "corpus.h"
+
+namespace coldstart::loader {
+namespace {
+
+using coldstart::testing::StFile;
+using coldstart::testing::TempDir;
+using coldstart::testing::WriteFile;
+
+std::string Shard(std::initializer_list<std::string> names) {
+  std::string h = "{";
+  std::uint64_t off = 0;
+  for (const auto& n : names) {
+    if (h.size() > 1) h += ",";
+    h += "\"" + n + R"(":{"dtype":"F32","shape":[2],"data_offsets":[)" + std::to_string(off) + "," +
+         std::to_string(off + 8) + "]}";
+    off += 8;
+  }
+  h += "}";
+  return StFile(h, std::string(off, '\x02'));
+}
+
+std::string Index(std::initializer_list<std::pair<std::string, std::string>> map) {
+  std::string j = R"({"metadata":{"total_size":32},"weight_map":{)";
+  bool first = true;
+  for (const auto& [t, s] : map) {
+    j += (first ? "\"" : ",\"") + t + "\":\"" + s + "\"";
+    first = false;
+  }
+  return j + "}}";
+}
+
+struct Folder {
+  TempDir dir;
+  Folder() {
+    WriteFile(dir / "a.safetensors", Shard({"w1", "w2"}));
+    WriteFile(dir / "sub/b.safetensors", Shard({"w3"}));
+  }
+};
+
+TEST(ModelIndex, ValidShardedFolder) {
+  Folder f;
+  WriteFile(f.dir / "model.safetensors.index.json",
+            Index({{"w1", "a.safetensors"}, {"w2", "a.safetensors"}, {"w3", "sub/b.safetensors"}}));
+  auto m = OpenLocalModel(f.dir.path());
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_TRUE(m->has_index);
+  ASSERT_EQ(m->files.size(), 2u);
+  ASSERT_EQ(m->tensors.size(), 3u);
+  EXPECT_EQ(m->total_bytes, 24u);
+  const auto* w3 = m->Find("w3");
+  ASSERT_NE(w3, nullptr);
+  EXPECT_EQ(m->files[w3->file].name, "sub/b.safetensors");
+  EXPECT_EQ(w3->offset, m->files[w3->file].header.data_start());
+}
+
+TEST(ModelIndex, FolderWithoutIndexTakesEveryShardSorted) {
+  TempDir d;
+  WriteFile(d / "z.safetensors", Shard({"b"}));
+  WriteFile(d / "a.safetensors", Shard({"a"}));
+  WriteFile(d / "config.json", "{}");
+  auto m = OpenLocalModel(d.path());
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_FALSE(m->has_index);
+  ASSERT_EQ(m->files.size(), 2u);
+  EXPECT_EQ(m->files[0].name, "a.safetensors");
+}
+
+TEST(ModelIndex, SingleFile) {
+  TempDir d;
+  WriteFile(d / "one.safetensors", Shard({"x", "y"}));
+  auto m = OpenLocalModel(d / "one.safetensors");
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ(m->tensors.size(), 2u);
+}
+
+struct BadFolder {
+  std::string name;
+  std::string index;  // empty: no index written
+  std::string expect;
+  friend void PrintTo(const BadFolder& c, std::ostream* os) { *os << c.name; }
+};
+
+class BadIndex : public ::testing::TestWithParam<BadFolder> {};
+
+TEST_P(BadIndex, Rejected) {
+  Folder f;
+  const auto& c = GetParam();
+  if (!c.index.empty()) WriteFile(f.dir / "model.safetensors.index.json", c.index);
+  auto m = OpenLocalModel(f.dir.path());
+  ASSERT_FALSE(m.ok()) << c.name;
+  EXPECT_NE(m.error().message.find(c.expect), std::string::npos) << c.name << ": " << m.error().message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Corpus, BadIndex,
+    ::testing::Values(
+        BadFolder{"not_json", "{\"weight_map\":", "not valid JSON"},
+        BadFolder{"not_object", "[]", "not a JSON object"},
+        BadFolder{"no_weight_map", R"({"metadata":{}})", "no \"weight_map\""},
+        BadFolder{"weight_map_array", R"({"weight_map":[]})", "not an object"},
+        BadFolder{"weight_map_empty", R"({"weight_map":{}})", "is empty"},
+        BadFolder{"value_not_string", R"({"weight_map":{"w1":1}})", "not a string"},
+        BadFolder{"duplicate_key", R"({"weight_map":{"w1":"a.safetensors","w1":"a.safetensors"}})", "appears twice"},
+        BadFolder{"dotdot", Index({{"w1", "../a.safetensors"}}), "escapes the model folder"},
+        BadFolder{"dotdot_inner", Index({{"w1", "sub/../../etc/x.safetensors"}}), "escapes the model folder"},
+        BadFolder{"absolute", Index({{"w1", "/etc/passwd"}}), "absolute path"},
+        BadFolder{"empty_component", Index({{"w1", "sub//b.safetensors"}}), "empty path component"},
+        BadFolder{"backslash", Index({{"w1", "sub\\\\b.safetensors"}}), "backslash"},
+        BadFolder{"missing_shard", Index({{"w1", "nope.safetensors"}}), "missing"},
+        BadFolder{"mapped_but_absent",
+                  Index({{"w1", "a.safetensors"}, {"w2", "a.safetensors"}, {"w3", "sub/b.safetensors"}, {"w9", "a.safetensors"}}),
+                  "does not contain it"},
+        BadFolder{"unmapped_tensor", Index({{"w1", "a.safetensors"}, {"w3", "sub/b.safetensors"}}), "'w2' is not in"},
+        BadFolder{"wrong_shard", Index({{"w1", "a.safetensors"}, {"w2", "a.safetensors"}, {"w3", "a.safetensors"}, {"w4", "sub/b.safetensors"}}),
+                  "is mapped to a.safetensors"}),
+    [](const auto& info) { return info.param.name; });
+
+TEST(ModelIndex, SymlinkedShardOutsideTheFolderIsRefused) {
+  TempDir outside;
+  WriteFile(outside / "evil.safetensors", Shard({"w1"}));
+  TempDir d;
+  std::filesystem::create_symlink(outside / "evil.safetensors", d / "link.safetensors");
+  WriteFile(d / "model.safetensors.index.json", Index({{"w1", "link.safetensors"}}));
+  auto m = OpenLocalModel(d.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().message.find("resolves outside"), std::string::npos) << m.error().message;
+}
+
+TEST(ModelIndex, SameTensorInTwoShardsWithoutIndex) {
+  TempDir d;
+  WriteFile(d / "a.safetensors", Shard({"w"}));
+  WriteFile(d / "b.safetensors", Shard({"w"}));
+  auto m = OpenLocalModel(d.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.error().message.find("in both a.safetensors and b.safetensors"), std::string::npos) << m.error().message;
+}
+
+TEST(ModelIndex, MalformedShardIsNamedInTheError) {
+  TempDir d;
+  WriteFile(d / "a.safetensors", Shard({"w"}));
+  WriteFile(d / "b.safetensors", StFile("{\"x\":"));
+  auto m = OpenLocalModel(d.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::kFormat);
+  EXPECT_NE(m.error().message.find("b.safetensors: header is not valid JSON"), std::string::npos) << m.error().message;
+}
+
+TEST(ModelIndex, EmptyFolderAndMissingPath) {
+  TempDir d;
+  auto m = OpenLocalModel(d.path());
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::kNotFound);
+  auto n = OpenLocalModel(d / "nope");
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().code, Errc::kNotFound);
+}
+
+TEST(ModelIndex, RelativeNameRules) {
+  EXPECT_TRUE(CheckRelativeName("model-00001-of-00002.safetensors").ok());
+  EXPECT_TRUE(CheckRelativeName("a/b.safetensors").ok());
+  EXPECT_TRUE(CheckRelativeName("a..b.safetensors").ok());
+  EXPECT_FALSE(CheckRelativeName("").ok());
+  EXPECT_FALSE(CheckRelativeName("..").ok());
+  EXPECT_FALSE(CheckRelativeName("a/./b").ok());
+  EXPECT_FALSE(CheckRelativeName("a/").ok());
+}
+
+}  // namespace
+}  // namespace coldstart::loader

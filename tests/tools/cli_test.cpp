@@ -1,0 +1,121 @@
+// The `coldstart` executable as a user meets it: exit codes, one-line errors, JSON outputs.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "../common/independent.h"
+#include "../common/temp_dir.h"
+#include "../loader/corpus.h"
+
+namespace {
+
+using coldstart::testing::TempDir;
+using coldstart::testing::WriteFile;
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+};
+
+Run Exec(const std::string& args, const std::string& env = "") {
+  TempDir t;
+  std::string cmd = env + " " + COLDSTART_BIN + " " + args + " >" + (t / "out") + " 2>" + (t / "err");
+  int rc = std::system(cmd.c_str());
+  Run r;
+  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+  r.out = coldstart::testing::ReadFile(t / "out");
+  r.err = coldstart::testing::ReadFile(t / "err");
+  return r;
+}
+
+int Lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(Cli, SynthInspectLoadDigestsMatchIndependentRead) {
+  TempDir d;
+  auto s = Exec("synth " + (d / "m") + " --size 3MiB --shards 2 --seed 11 --json");
+  ASSERT_EQ(s.code, 0) << s.err;
+  auto sj = nlohmann::json::parse(s.out);
+  auto i = Exec("inspect " + (d / "m") + " --json");
+  ASSERT_EQ(i.code, 0) << i.err;
+  auto ij = nlohmann::json::parse(i.out);
+  ASSERT_EQ(ij["tensors"].size(), sj["tensors"].get<std::size_t>());
+  for (const auto& t : ij["tensors"]) {
+    for (const char* k : {"name", "dtype", "shape", "file", "data_offsets"}) EXPECT_TRUE(t.contains(k)) << k;
+    EXPECT_EQ(t["dtype"], "BF16");
+  }
+  std::map<std::string, std::string> expected;
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"})
+    expected.merge(coldstart::testing::IndependentDigests(d / ("m/" + std::string(f))));
+  for (const char* engine : {"uring", "pread"}) {
+    auto l = Exec("load " + (d / "m") + " --device cpu --digest sha256 --json --io-engine " + engine);
+    ASSERT_EQ(l.code, 0) << l.err;
+    auto lj = nlohmann::json::parse(l.out);
+    EXPECT_EQ(lj["bytes"], sj["bytes"]);
+    EXPECT_GT(lj["seconds"].get<double>(), 0.0);
+    std::map<std::string, std::string> got;
+    for (const auto& t : lj["tensors"]) got[t["name"]] = t["sha256"];
+    EXPECT_EQ(got, expected) << engine;
+  }
+  auto human = Exec("load " + (d / "m"));
+  EXPECT_EQ(human.code, 0);
+  EXPECT_NE(human.out.find("B/s"), std::string::npos) << human.out;
+}
+
+TEST(Cli, EveryMalformedFileFailsWithOneLineNamingIt) {
+  TempDir d;
+  for (const auto& c : coldstart::testing::MalformedFiles()) {
+    const std::string path = d / (c.name + ".safetensors");
+    WriteFile(path, c.bytes);
+    for (const char* cmd : {"inspect", "load"}) {
+      auto r = Exec(std::string(cmd) + " " + path);
+      EXPECT_EQ(r.code, 4) << c.name << " " << cmd << ": " << r.err;
+      EXPECT_EQ(Lines(r.err), 1) << c.name << ": " << r.err;
+      EXPECT_EQ(r.err.rfind("coldstart: error: " + path + ": ", 0), 0u) << r.err;
+      EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+      EXPECT_TRUE(r.out.empty()) << "nothing reported as success: " << r.out;
+    }
+  }
+}
+
+TEST(Cli, UsageAndEnvironmentErrors) {
+  auto missing = Exec("inspect /nonexistent/model");
+  EXPECT_EQ(missing.code, 3);
+  EXPECT_EQ(Lines(missing.err), 1);
+  auto flag = Exec("load --bogus x");
+  EXPECT_EQ(flag.code, 2);
+  EXPECT_EQ(Lines(flag.err), 1) << flag.err;
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m")).code, 0);
+  auto env = Exec("load " + (d / "m"), "COLDSTART_READ_CHUNK=huge");
+  EXPECT_EQ(env.code, 2);
+  EXPECT_NE(env.err.find("COLDSTART_READ_CHUNK"), std::string::npos);
+  auto typo = Exec("load " + (d / "m"), "COLDSTART_IO_ENGIN=pread");
+  EXPECT_EQ(typo.code, 2);
+  EXPECT_NE(typo.err.find("unknown environment variable"), std::string::npos);
+  auto dev = Exec("load " + (d / "m") + " --device tpu");
+  EXPECT_EQ(dev.code, 2);
+  auto preset = Exec("synth " + (d / "x") + " --preset nope");
+  EXPECT_EQ(preset.code, 2);
+  EXPECT_EQ(Exec("env").code, 0);
+  EXPECT_EQ(Exec("--help").code, 0);
+}
+
+TEST(Cli, TruncatedShardFailsLoadButInspectSeesNothingWrongWithHeaders) {
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m") + " --shards 2").code, 0);
+  const std::string shard = d / "m/model-00002-of-00002.safetensors";
+  auto size = std::filesystem::file_size(shard);
+  std::filesystem::resize_file(shard, size - 1);
+  auto r = Exec("load " + (d / "m"));
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_NE(r.err.find("model-00002-of-00002.safetensors"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("truncated?"), std::string::npos) << r.err;
+}
+
+}  // namespace
