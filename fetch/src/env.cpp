@@ -30,6 +30,59 @@ constexpr std::array kVars = {
     EnvVarInfo{"COLDSTART_READ_THREADS", "0",
                "I/O threads for local reads; 0 = one per core, at most 8. Warm page-cache reads "
                "are memory copies done by the submitting thread, so they scale with threads."},
+    // fetch/: remote ranged reads
+    EnvVarInfo{"COLDSTART_CONCURRENCY", "16",
+               "Ranged GETs in flight. GCS serves each connection at tens of MB/s, so 16 "
+               "connections fill ~1 GB/s links; more only helps faster NICs."},
+    EnvVarInfo{"COLDSTART_FETCH_THREADS", "0",
+               "Threads driving the curl multi handles; 0 = one per core, at most 4."},
+    EnvVarInfo{"COLDSTART_CHUNK", "16MiB",
+               "Bytes per ranged GET. Large enough that request latency (~30 ms to GCS) is "
+               "amortised, small enough to spread a shard over many connections."},
+    EnvVarInfo{"COLDSTART_HTTP2", "0",
+               "Use HTTP/2 (multiplexed streams on one connection). Off by default: per-"
+               "connection caps make separate HTTP/1.1 connections faster."},
+    // fetch/: remote sources (gs://, http(s)://)
+    EnvVarInfo{"COLDSTART_ENDPOINT", "https://storage.googleapis.com",
+               "GCS JSON API endpoint, same as --endpoint (which wins). Use it for a private or "
+               "regional endpoint; credentials are still sent to it."},
+    EnvVarInfo{"STORAGE_EMULATOR_HOST", "(unset)",
+               "Google client libraries' emulator switch: host:port or URL of a GCS emulator "
+               "(http:// assumed). Used when no endpoint is given; requests are anonymous "
+               "unless an access token is given."},
+    EnvVarInfo{"COLDSTART_ACCESS_TOKEN", "(unset)",
+               "OAuth access token for GCS, same as --access-token (which wins); tried before "
+               "any credentials file. Never printed."},
+    EnvVarInfo{"GOOGLE_APPLICATION_CREDENTIALS", "(unset)",
+               "Path of a service_account or authorized_user JSON key, as in every Google "
+               "client library; tried after an explicit token. Malformed = error."},
+    EnvVarInfo{"CLOUDSDK_CONFIG", "$HOME/.config/gcloud",
+               "gcloud's config folder; its application_default_credentials.json (from `gcloud "
+               "auth application-default login`) is tried after GOOGLE_APPLICATION_CREDENTIALS."},
+    EnvVarInfo{"HOME", "(from the login)",
+               "Only used to find gcloud's config folder when CLOUDSDK_CONFIG is unset."},
+    EnvVarInfo{"GCE_METADATA_HOST", "metadata.google.internal",
+               "host[:port] of the GCE/GKE metadata server, the last credentials source before "
+               "anonymous (also how tests point it at a local fake)."},
+    EnvVarInfo{"COLDSTART_METADATA", "auto",
+               "auto|off. auto asks the metadata server for a token when no other credentials "
+               "are found (a ~1 s probe off Google Cloud); off skips it and goes anonymous."},
+    EnvVarInfo{"COLDSTART_RETRY_ATTEMPTS", "8",
+               "Attempts per remote request, the first included. 8 rides out a ~30 s outage "
+               "with the default backoff."},
+    EnvVarInfo{"COLDSTART_RETRY_INITIAL", "200ms",
+               "Backoff before the second attempt; doubles per failure, with equal jitter (a "
+               "delay is 50-100% of the base) so many loaders do not retry in lockstep."},
+    EnvVarInfo{"COLDSTART_RETRY_MAX_BACKOFF", "10s",
+               "Cap on one backoff delay."},
+    EnvVarInfo{"COLDSTART_RETRY_DEADLINE", "10m",
+               "No new attempt of a request this long after its first attempt."},
+    EnvVarInfo{"COLDSTART_STALL_TIMEOUT", "20s",
+               "A transfer that receives no bytes for this long is abandoned and retried: "
+               "faster than waiting for TCP to notice a dead connection."},
+    EnvVarInfo{"COLDSTART_PREFETCH_FSYNC", "1",
+               "fdatasync each prefetched file before renaming it into place (crash-safe). "
+               "Writeback starts per range, so this costs little on local SSDs."},
     // loader/
     EnvVarInfo{"COLDSTART_HUGE_PAGES", "1",
                "Ask for transparent huge pages on the host arena: a 2 GiB model takes 1024 page "

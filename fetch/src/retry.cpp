@@ -123,7 +123,10 @@ std::optional<double> RetryPolicy::NextDelay(const Error& e, unsigned failed_att
   double j = jitter_();
   if (!(j >= 0.0)) j = 0.0;                      // also catches NaN
   if (j >= 1.0) j = std::nextafter(1.0, 0.0);
-  double delay = BaseDelay(n) * (0.5 + 0.5 * j);
+  double base = BaseDelay(n);
+  double delay = base * (0.5 + 0.5 * j);
+  // 0.5 + 0.5 * j rounds to 1.0 for j within 2^-53 of 1; keep the documented [base/2, base).
+  if (delay >= base) delay = std::nextafter(base, 0.0);
   if (elapsed_s + delay > o_.deadline_s) return std::nullopt;
   return delay;
 }

@@ -222,7 +222,7 @@ std::string JoinUrl(std::string_view base, std::string_view relative) {
   if (relative.front() == '/') return std::string(base.substr(0, ae)) + std::string(relative);
   std::string_view path = base.substr(ae);
   path = path.substr(0, path.find_first_of("?#"));
-  if (relative.front() == '?' ) return std::string(base.substr(0, ae)) + std::string(path) + std::string(relative);
+  if (relative.front() == '?') return std::string(base.substr(0, ae)) + std::string(path) + std::string(relative);
   size_t last = path.rfind('/');
   std::string out(base.substr(0, ae));
   if (last == std::string_view::npos) {

@@ -4,6 +4,8 @@
 #include "cli.h"
 #include "coldstart/env.h"
 #include "coldstart/loader/model.h"
+#include "coldstart/loader/remote_loader.h"
+#include "options.h"
 #include "commands.h"
 
 namespace coldstart::cli {
@@ -16,7 +18,18 @@ std::string ShapeText(const std::vector<std::uint64_t>& shape) {
 
 int RunInspect(const InspectArgs& args) {
   if (auto st = Env::FromProcess().Validate(); !st.ok()) return ReportError(st.error());
-  auto layout = loader::OpenLocalModel(args.source);
+  auto source = fetch::ParseSource(args.source);
+  if (!source.ok()) return ReportError(source.error());
+  Result<loader::ModelLayout> layout = MakeError(Errc::kInternal, "unset");
+  if (source->kind == fetch::SourceKind::kLocal) {
+    layout = loader::OpenLocalModel(args.source);
+  } else {
+    auto session = OpenRemote(*source, args.remote);
+    if (!session.ok()) return ReportError(session.error());
+    auto rm = loader::OpenRemoteModel(*session);
+    if (!rm.ok()) return ReportError(rm.error());
+    layout = std::move(rm->layout);
+  }
   if (!layout.ok()) return ReportError(layout.error());
   const auto& m = *layout;
   if (args.json) {

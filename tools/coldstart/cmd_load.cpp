@@ -11,6 +11,7 @@
 #include "coldstart/fetch/hash.h"
 #include "torch_plugin.h"
 #include "commands.h"
+#include "coldstart/loader/remote_loader.h"
 #include "options.h"
 
 namespace coldstart::cli {
@@ -62,16 +63,30 @@ int RunLoad(const LoadArgs& args) {
   // dlopen'ing libtorch takes ~0.35 s: do it while the headers and bytes are being read.
   std::future<Result<const TorchPluginApi*>> plugin_future;
   if (args.torch) plugin_future = std::async(std::launch::async, [] { return LoadTorchPlugin(); });
-  auto layout = loader::OpenLocalModel(args.source);
-  if (!layout.ok()) return ReportError(layout.error());
-  const double plan_seconds = SecondsSince(t0);
-
+  auto source = fetch::ParseSource(args.source);
+  if (!source.ok()) return ReportError(source.error());
   ProgressPrinter bar(*mode, "load");
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
     return true;
   };
-  auto host = loader::LoadToHost(std::move(layout).value(), *opts);
+  Result<std::shared_ptr<loader::HostModel>> host = MakeError(Errc::kInternal, "unset");
+  double plan_seconds = 0;
+  loader::RemoteLoadStats remote_stats;
+  const bool remote = source->kind != fetch::SourceKind::kLocal;
+  if (!remote) {
+    auto layout = loader::OpenLocalModel(args.source);
+    if (!layout.ok()) return ReportError(layout.error());
+    plan_seconds = SecondsSince(t0);
+    host = loader::LoadToHost(std::move(layout).value(), *opts);
+  } else {
+    auto session = OpenRemote(*source, args.remote);
+    if (!session.ok()) return ReportError(session.error());
+    auto rm = loader::OpenRemoteModel(*session);
+    if (!rm.ok()) return ReportError(rm.error());
+    plan_seconds = SecondsSince(t0);
+    host = loader::LoadRemoteToHost(std::move(rm).value(), *opts, &remote_stats);
+  }
   bar.Finish();
   if (!host.ok()) return ReportError(host.error());
   std::shared_ptr<const loader::HostModel> model = std::move(host).value();
@@ -110,6 +125,14 @@ int RunLoad(const LoadArgs& args) {
     j["gb_per_s"] = seconds > 0 ? bytes / seconds / 1e9 : 0.0;
     j["phases"] = {{"plan_seconds", plan_seconds}, {"read_seconds", st.seconds},
                    {"torch_wait_seconds", torch_seconds}};
+    if (remote) {
+      j["network"] = {{"first_byte_seconds", remote_stats.fetch.first_byte_seconds},
+                      {"fetch_seconds", remote_stats.fetch.seconds},
+                      {"requests", remote_stats.fetch.requests},
+                      {"retries", remote_stats.fetch.retries},
+                      {"resumed_bytes", remote_stats.fetch.resumed_bytes},
+                      {"crc32c_verified", remote_stats.verified_crc32c}};
+    }
     j["io"] = {{"engine", st.read.engine},         {"threads", st.read.threads},
                {"direct_bytes", st.read.direct_bytes}, {"requests", st.read.requests},
                {"short_reads", st.read.short_reads},   {"retries", st.read.retries}};

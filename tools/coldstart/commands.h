@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace coldstart::cli {
 
@@ -15,9 +16,21 @@ struct ReadFlags {
   std::string progress = "auto";
 };
 
+// Flags of every subcommand that reads gs:// or http(s):// sources.
+struct RemoteFlags {
+  std::string endpoint;               // --endpoint
+  std::string access_token;           // --access-token
+  bool anonymous = false;             // --anonymous
+  std::vector<std::string> headers;   // --header 'K: V'
+  unsigned concurrency = 0;           // --concurrency
+  std::string chunk;                  // --chunk (remote)
+  bool http2 = false;                 // --http2
+};
+
 struct InspectArgs {
   std::string source;
   bool json = false;
+  RemoteFlags remote;
 };
 
 struct LoadArgs {
@@ -27,6 +40,7 @@ struct LoadArgs {
   bool json = false;
   bool torch = true;   // wrap as torch::Tensors through the libtorch plugin
   ReadFlags read;
+  RemoteFlags remote;
 };
 
 struct SynthArgs {
@@ -38,6 +52,22 @@ struct SynthArgs {
   bool json = false;
 };
 
+struct PrefetchArgs {
+  std::string source, dest;
+  std::vector<std::string> include, exclude;
+  bool json = false;
+  bool no_fsync = false;
+  std::string progress = "auto";
+  RemoteFlags remote;
+};
+
+struct AuthArgs {
+  std::string source = "gs://";
+  RemoteFlags remote;
+};
+
+int RunPrefetch(const PrefetchArgs& args);
+int RunAuth(const AuthArgs& args);
 int RunInspect(const InspectArgs& args);
 int RunLoad(const LoadArgs& args);
 int RunSynth(const SynthArgs& args);

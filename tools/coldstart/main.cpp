@@ -17,27 +17,55 @@ void AddReadFlags(CLI::App* cmd, coldstart::cli::ReadFlags* f) {
   cmd->add_option("--progress", f->progress, "auto|bar|json|off: a bar on a TTY by default, JSON lines on stderr with json");
 }
 
+void AddRemoteFlags(CLI::App* cmd, coldstart::cli::RemoteFlags* f) {
+  cmd->add_option("--endpoint", f->endpoint, "GCS endpoint (default https://storage.googleapis.com; env STORAGE_EMULATOR_HOST, COLDSTART_ENDPOINT)");
+  cmd->add_option("--access-token", f->access_token, "OAuth2 access token (env COLDSTART_ACCESS_TOKEN); never printed");
+  cmd->add_flag("--anonymous", f->anonymous, "Send no credentials (public buckets)");
+  cmd->add_option("--header", f->headers, "Extra request header 'Name: value' on every request (repeatable, like curl -H)");
+  cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 16; env COLDSTART_CONCURRENCY)");
+  cmd->add_option("--remote-chunk", f->chunk, "Bytes per ranged GET, e.g. 16MiB (env COLDSTART_CHUNK)");
+  cmd->add_flag("--http2", f->http2, "Use HTTP/2 (env COLDSTART_HTTP2); HTTP/1.1 connections are faster under per-connection caps");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace coldstart::cli;
-  CLI::App app{"coldstart: load safetensors models fast (local disk now; GCS/HTTP and GPU streaming next)", "coldstart"};
+  CLI::App app{"coldstart: load safetensors models fast from GCS, HTTP(S) or local disk", "coldstart"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("coldstart ") + COLDSTART_VERSION);
 
   InspectArgs inspect;
   auto* ci = app.add_subcommand("inspect", "List a model's tensors (name, dtype, shape, bytes, file) from the headers only");
-  ci->add_option("source", inspect.source, "A .safetensors file or a model folder")->required();
+  ci->add_option("source", inspect.source, "A .safetensors file, a model folder, gs://BUCKET/PREFIX or an http(s) URL (headers only)")->required();
   ci->add_flag("--json", inspect.json, "Print {\"tensors\": [{name, dtype, shape, file, data_offsets}, ...]}");
+  AddRemoteFlags(ci, &inspect.remote);
 
   LoadArgs load;
   auto* cl = app.add_subcommand("load", "Load every tensor into memory and report bytes, seconds and GB/s");
-  cl->add_option("source", load.source, "A .safetensors file or a model folder")->required();
+  cl->add_option("source", load.source, "A .safetensors file, a model folder, gs://BUCKET/PREFIX or an http(s) URL")->required();
   cl->add_option("--device", load.device, "Where tensors go: cpu")->capture_default_str();
   cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
   cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
   cl->add_flag("!--no-torch", load.torch, "Stop at host memory: do not load libtorch or make torch::Tensors");
   AddReadFlags(cl, &load.read);
+  AddRemoteFlags(cl, &load.remote);
+
+  PrefetchArgs prefetch;
+  auto* cp = app.add_subcommand("prefetch", "Copy a model folder from gs:// or http(s):// to local disk, verified, as fast as the network allows");
+  cp->add_option("source", prefetch.source, "gs://BUCKET/PREFIX, gs://BUCKET/OBJECT or an http(s) URL")->required();
+  cp->add_option("dest", prefetch.dest, "Local folder")->required();
+  cp->add_option("--include", prefetch.include, "Only names matching this glob (repeatable)");
+  cp->add_option("--exclude", prefetch.exclude, "Skip names matching this glob (repeatable)");
+  cp->add_flag("--json", prefetch.json, "Print a JSON summary {files, skipped, bytes, seconds, gb_per_s, retries}");
+  cp->add_flag("--no-fsync", prefetch.no_fsync, "Do not flush files before renaming them (faster, not crash-safe)");
+  cp->add_option("--progress", prefetch.progress, "auto|bar|json|off");
+  AddRemoteFlags(cp, &prefetch.remote);
+
+  AuthArgs auth;
+  auto* ca = app.add_subcommand("auth", "Say which credential source and identity coldstart would use");
+  ca->add_option("source", auth.source, "A gs:// or http(s) source (default gs://)");
+  AddRemoteFlags(ca, &auth.remote);
 
   SynthArgs synth;
   auto* cs = app.add_subcommand("synth", "Write a deterministic synthetic Gemma-3-style model folder (BF16 shards, index, config)");
@@ -63,5 +91,7 @@ int main(int argc, char** argv) {
   if (cl->parsed()) return RunLoad(load);
   if (cs->parsed()) return RunSynth(synth);
   if (ce->parsed()) return RunEnv();
+  if (cp->parsed()) return RunPrefetch(prefetch);
+  if (ca->parsed()) return RunAuth(auth);
   return 2;
 }

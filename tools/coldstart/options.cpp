@@ -24,4 +24,33 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags) {
   return o;
 }
 
+Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
+  fetch::RemoteOptions o;
+  const Env env = Env::FromProcess();
+  CS_RETURN_IF_ERROR(env.Validate());
+  o.endpoint = flags.endpoint;
+  o.auth.access_token = flags.access_token;
+  o.auth.anonymous = flags.anonymous;
+  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
+  o.http.extra_headers = flags.headers;
+  for (const auto& h : flags.headers)
+    if (h.find(':') == std::string::npos)
+      return MakeError(Errc::kInvalidArgument, "--header '" + h + "' is not of the form 'Name: value'");
+  if (flags.concurrency) o.fetch.concurrency = flags.concurrency;
+  if (!flags.chunk.empty()) {
+    auto c = ParseBytes(flags.chunk);
+    if (!c.ok()) return std::move(c).error().WithContext("--chunk");
+    o.fetch.chunk_bytes = *c;
+  }
+  if (flags.http2) o.fetch.http2 = true;
+  o.fetch.retry = o.retry;
+  CS_RETURN_IF_ERROR(o.fetch.Validate());
+  return o;
+}
+
+Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags) {
+  CS_ASSIGN_OR_RETURN(auto o, MakeRemoteOptions(flags));
+  return fetch::RemoteSession::Open(source, o, Env::FromProcess());
+}
+
 }  // namespace coldstart::cli

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "coldstart/fetch/remote.h"
 #include "coldstart/loader/host_loader.h"
 #include "commands.h"
 
@@ -7,5 +8,8 @@ namespace coldstart::cli {
 
 // Defaults, then the environment (strictly), then flags: the precedence everywhere.
 Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags);
+Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags);
+// Parses SRC; for remote sources opens the session (endpoint, credentials).
+Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags);
 
 }  // namespace coldstart::cli

@@ -1,0 +1,101 @@
+// The ranged-read engine: many HTTP range GETs in flight over libcurl multi handles, one per
+// fetch thread, each thread with a few reused easy handles (kept-alive connections). Bytes go
+// from curl's receive buffer straight to the destination the caller hands out per range (the
+// model arena, or a file buffer): no intermediate copy.
+//
+// Per range: the server's answer is placed by its Content-Range (a 200 with the whole object,
+// or a 206 that starts elsewhere, never misplaces bytes); a generation header that differs from
+// the pinned one is an integrity error; failures retryable under RetryPolicy (408/429/5xx,
+// resets, cut bodies, stalls) resume from the last byte received; the CRC32C of each range is
+// computed as its bytes arrive, so callers can verify whole objects with Crc32cCombine.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "coldstart/env.h"
+#include "coldstart/fetch/retry.h"
+#include "coldstart/result.h"
+
+namespace coldstart::fetch {
+
+struct RemoteObject {
+  std::string display;          // gs://bucket/object or the URL, for messages
+  std::string url;              // media URL, generation pinned in the query where the API has it
+  std::uint64_t size = 0;
+  std::int64_t generation = 0;  // expected x-goog-generation; 0 = do not check
+};
+
+struct FetchOptions {
+  // Ranged GETs in flight across all threads (COLDSTART_CONCURRENCY). Cloud storage caps each
+  // connection well below a VM's NIC (GCS: tens of MB/s per stream), so throughput scales with
+  // connections until the NIC or CPU saturates.
+  unsigned concurrency = 16;
+  unsigned threads = 0;                   // COLDSTART_FETCH_THREADS; 0 = min(cores, 4)
+  std::uint64_t chunk_bytes = 16ull << 20; // COLDSTART_CHUNK: bytes per ranged GET
+  bool http2 = false;                     // COLDSTART_HTTP2: HTTP/2 multiplexes streams over
+                                          // one connection, which per-connection caps punish
+  std::vector<std::string> headers;       // "K: V" on every request (--header)
+  std::string user_agent;                 // empty = coldstart/VERSION
+  double connect_timeout_s = 10;
+  RetryOptions retry;
+
+  Status ApplyEnv(const Env& env);
+  Status Validate() const;
+  unsigned EffectiveThreads() const;
+};
+
+struct FetchRange {
+  std::uint32_t object = 0;  // index into the objects span
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+};
+
+struct FetchStats {
+  std::uint64_t bytes = 0;            // bytes delivered to destinations
+  std::uint64_t requests = 0;         // GETs issued (attempts)
+  std::uint64_t retries = 0;
+  std::uint64_t resumed_bytes = 0;    // bytes kept across a retry instead of fetched again
+  std::uint64_t discarded_bytes = 0;  // bytes received outside the wanted range (200 answers)
+  double first_byte_seconds = 0;
+  double seconds = 0;
+};
+
+struct FetchCallbacks {
+  // Destination of range i (length bytes), asked once, right before its first request. Must
+  // not block for long: the calling thread pumps other transfers. nullptr aborts the fetch.
+  std::function<std::byte*(std::size_t i)> acquire;
+  // Instead of `acquire`: bytes of range i at `offset` within the range, handed over straight
+  // from curl's receive buffer (e.g. pwrite into the destination file: no staging copy, no
+  // buffer pool). Called on a fetch thread; bytes of one range arrive in order. An error
+  // aborts the fetch. `done` then gets dest == nullptr.
+  std::function<Status(std::size_t i, std::uint64_t offset, const std::byte* data, std::size_t len)> sink;
+  // Range i is complete in `dest`, with the CRC32C of its bytes. Called on a fetch thread,
+  // possibly concurrently for different ranges. An error aborts the fetch.
+  std::function<Status(std::size_t i, std::byte* dest, std::uint32_t crc32c)> done;
+  // "Authorization: Bearer ..." or "" (anonymous); asked before every request so refreshed
+  // tokens are picked up.
+  std::function<Result<std::string>()> auth_header;
+  // On the calling thread about every 100 ms with bytes delivered; false cancels.
+  std::function<bool(std::uint64_t bytes)> progress;
+};
+
+class RangeFetcher {
+ public:
+  explicit RangeFetcher(FetchOptions options);
+  // Fetches every range; returns the first unrecoverable error (others are cancelled).
+  Status Fetch(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
+               const FetchCallbacks& callbacks, FetchStats* stats = nullptr);
+  const FetchOptions& options() const { return options_; }
+
+ private:
+  FetchOptions options_;
+};
+
+// Splits [0, size) of each object into chunk-sized ranges, largest objects first.
+std::vector<FetchRange> ChunkObjects(std::span<const RemoteObject> objects, std::uint64_t chunk_bytes);
+
+}  // namespace coldstart::fetch

@@ -1,0 +1,499 @@
+#include "coldstart/fetch/range_fetcher.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/http.h"
+
+namespace coldstart::fetch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct EasyDeleter {
+  void operator()(CURL* h) const { curl_easy_cleanup(h); }
+};
+using EasyPtr = std::unique_ptr<CURL, EasyDeleter>;
+struct MultiDeleter {
+  void operator()(CURLM* m) const { curl_multi_cleanup(m); }
+};
+using MultiPtr = std::unique_ptr<CURLM, MultiDeleter>;
+struct SlistDeleter {
+  void operator()(curl_slist* s) const { curl_slist_free_all(s); }
+};
+using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
+
+// Shared by the fetch threads of one Fetch() call.
+struct Job {
+  std::span<const RemoteObject> objects;
+  std::span<const FetchRange> ranges;
+  const FetchCallbacks* cb;
+  const FetchOptions* opt;
+  RetryPolicy policy;
+  Clock::time_point start;
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::uint64_t> bytes{0};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> first_byte_seen{false};
+  std::atomic<std::uint64_t> discarded{0};
+  std::atomic<std::int64_t> first_byte_ns{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<Error> error;
+  unsigned running = 0;
+  FetchStats stats;  // counters merged at thread exit (guarded by mu)
+
+  Job(RetryOptions r) : policy(std::move(r)) {}
+
+  void Fail(Error e) {
+    std::lock_guard lk(mu);
+    if (!error) error = std::move(e);
+    stop = true;
+  }
+};
+
+// One range in flight (or waiting to retry).
+struct Transfer {
+  std::size_t index = 0;
+  std::byte* dest = nullptr;
+  std::uint64_t received = 0;  // bytes of the range already in dest (kept across retries)
+  std::uint32_t crc = 0;
+  unsigned failed = 0;
+  Clock::time_point first_attempt;
+  Clock::time_point retry_at;
+  // Per attempt:
+  EasyPtr easy;
+  SlistPtr headers;
+  long status = 0;
+  bool have_start = false;     // Content-Range start known (or a 200: stream starts at 0)
+  std::uint64_t stream_pos = 0;  // object offset of the next byte the server sends
+  bool complete_early = false; // we stopped the transfer after our last byte
+  std::string error_body;      // first bytes of a non-2xx body, for the message
+  std::optional<Error> fatal;  // detected in a callback (generation change, gap)
+  bool fatal_is_sink = false;  // the sink failed (disk full...): never retried
+  std::int64_t seen_generation = 0;
+  Job* job = nullptr;
+
+  const FetchRange& range() const { return job->ranges[index]; }
+  const RemoteObject& object() const { return job->objects[range().object]; }
+};
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  std::size_t i = 0;
+  while (i < s.size() && s[i] == ' ') ++i;
+  return s.substr(i);
+}
+
+bool IEqualsPrefix(std::string_view line, std::string_view name) {
+  if (line.size() < name.size()) return false;
+  for (std::size_t i = 0; i < name.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return false;
+  return true;
+}
+
+std::size_t OnHeader(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  std::string_view line(data, size * n);
+  if (line.substr(0, 5) == "HTTP/") {
+    // A new response (after a redirect or 100 Continue): forget the last one.
+    t->status = 0;
+    t->have_start = false;
+    auto sp = line.find(' ');
+    if (sp != std::string_view::npos) t->status = std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
+    if (t->status == 200) {
+      t->have_start = true;
+      t->stream_pos = 0;
+    }
+  } else if (IEqualsPrefix(line, "content-range:")) {
+    // "Content-Range: bytes 100-199/1000"
+    std::string v = Trim(std::string(line.substr(14)));
+    if (v.rfind("bytes ", 0) == 0) {
+      char* end = nullptr;
+      unsigned long long start = std::strtoull(v.c_str() + 6, &end, 10);
+      if (end != v.c_str() + 6 && *end == '-') {
+        t->have_start = true;
+        t->stream_pos = start;
+      }
+    }
+  } else if (IEqualsPrefix(line, "x-goog-generation:")) {
+    t->seen_generation = std::strtoll(Trim(std::string(line.substr(18))).c_str(), nullptr, 10);
+  }
+  return size * n;
+}
+
+std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  const std::size_t len = size * n;
+  if (t->status < 200 || t->status >= 300) {
+    if (t->error_body.size() < 4096) t->error_body.append(data, std::min<std::size_t>(len, 4096 - t->error_body.size()));
+    return len;
+  }
+  const auto& obj = t->object();
+  if (obj.generation != 0 && t->seen_generation != 0 && t->seen_generation != obj.generation) {
+    t->fatal = MakeError(Errc::kIntegrity, obj.display + ": object changed while downloading (generation " +
+                                               std::to_string(obj.generation) + " became " +
+                                               std::to_string(t->seen_generation) + ")");
+    return 0;
+  }
+  if (!t->have_start) {
+    t->fatal = MakeError(Errc::kNetwork, obj.display + ": server answered a ranged GET with status " +
+                                             std::to_string(t->status) + " and no Content-Range");
+    return 0;
+  }
+  Job* job = t->job;
+  if (!job->first_byte_seen.exchange(true))
+    job->first_byte_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - job->start).count();
+  const FetchRange& r = t->range();
+  const std::uint64_t want = r.offset + t->received;
+  const std::uint64_t end = r.offset + r.length;
+  std::uint64_t pos = t->stream_pos;
+  t->stream_pos += len;
+  if (pos > want) {
+    // The server skipped bytes we still need: never fill the hole with later bytes.
+    t->fatal = MakeError(Errc::kNetwork, obj.display + ": server sent bytes from " + std::to_string(pos) +
+                                             " but byte " + std::to_string(want) + " was next");
+    return 0;
+  }
+  std::uint64_t skip = want - pos;  // bytes before what we want (e.g. a 200 with the whole object)
+  if (skip >= len) {
+    job->discarded.fetch_add(len, std::memory_order_relaxed);
+    return len;
+  }
+  std::uint64_t take = std::min<std::uint64_t>(len - skip, end - want);
+  if (job->cb->sink) {
+    auto st = job->cb->sink(t->index, t->received, reinterpret_cast<const std::byte*>(data + skip), take);
+    if (!st.ok()) {
+      t->fatal = std::move(st).error();
+      t->fatal_is_sink = true;
+      return 0;
+    }
+  } else {
+    std::memcpy(t->dest + t->received, data + skip, take);
+  }
+  t->crc = Crc32cExtend(t->crc, data + skip, take);
+  t->received += take;
+  job->bytes.fetch_add(take, std::memory_order_relaxed);
+  if (skip + take < len) job->discarded.fetch_add(len - take, std::memory_order_relaxed);
+  else if (skip > 0) job->discarded.fetch_add(skip, std::memory_order_relaxed);
+  if (skip + take < len || (t->received == r.length && t->stream_pos < obj.size && t->status == 200)) {
+    // We have our range and the server would send more: stop this transfer here.
+    t->complete_early = true;
+    return 0;
+  }
+  return len;
+}
+
+void NameThread(unsigned i) {
+  char name[16];
+  std::snprintf(name, sizeof name, "cs-fetch-%u", i);
+  pthread_setname_np(pthread_self(), name);
+}
+
+// Sets up (or re-sets up) the easy handle of `t` for its next attempt.
+Status Prepare(Transfer* t, CURLM* multi) {
+  const FetchOptions& o = *t->job->opt;
+  if (!t->easy) {
+    t->easy.reset(curl_easy_init());
+    if (!t->easy) return MakeError(Errc::kResourceExhausted, "curl_easy_init failed");
+  }
+  CURL* e = t->easy.get();
+  const FetchRange& r = t->range();
+  curl_slist* h = nullptr;
+  std::string range = "Range: bytes=" + std::to_string(r.offset + t->received) + "-" +
+                      std::to_string(r.offset + r.length - 1);
+  h = curl_slist_append(h, range.c_str());
+  if (t->job->cb->auth_header) {
+    auto auth = t->job->cb->auth_header();
+    if (!auth.ok()) {
+      curl_slist_free_all(h);
+      return std::move(auth).error();
+    }
+    if (!auth->empty()) h = curl_slist_append(h, auth->c_str());
+  }
+  for (const auto& x : o.headers) h = curl_slist_append(h, x.c_str());
+  t->headers.reset(h);
+  t->status = 0;
+  t->have_start = false;
+  t->stream_pos = 0;
+  t->complete_early = false;
+  t->error_body.clear();
+  t->fatal.reset();
+  t->fatal_is_sink = false;
+  t->seen_generation = 0;
+  curl_easy_setopt(e, CURLOPT_URL, t->object().url.c_str());
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, o.user_agent.empty() ? DefaultUserAgent().c_str() : o.user_agent.c_str());
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &OnHeader);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &OnBody);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout_s * 1000));
+  // Stall detection: less than 1 byte/s for stall_timeout seconds aborts (and retries) the range.
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, std::max(1L, static_cast<long>(o.retry.stall_timeout_s)));
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, o.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, o.http2 ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // identity: ranges are of stored bytes
+  if (curl_multi_add_handle(multi, e) != CURLM_OK) return MakeError(Errc::kInternal, "curl_multi_add_handle failed");
+  return OkStatus();
+}
+
+// The outcome of a finished attempt: nullopt = range complete.
+std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
+  const FetchRange& r = t->range();
+  const auto& obj = t->object();
+  if (t->fatal) return *t->fatal;
+  if (t->received == r.length && (res == CURLE_OK || t->complete_early)) return std::nullopt;
+  if (t->status >= 300 || (res == CURLE_OK && t->status < 200)) {
+    Error e = HttpError(t->status, obj.display, t->error_body);
+    if (t->status == 416)
+      e = MakeError(Errc::kIntegrity, obj.display + ": range " + std::to_string(r.offset) + "-" +
+                                          std::to_string(r.offset + r.length - 1) + " is past the end of the object (size changed?)");
+    return e;
+  }
+  if (res == CURLE_OK) {
+    Error e = MakeError(Errc::kNetwork, obj.display + ": response body ended after " + std::to_string(t->received) +
+                                            " of " + std::to_string(r.length) + " bytes of the range");
+    return e;
+  }
+  Error e = MakeError(res == CURLE_OPERATION_TIMEDOUT ? Errc::kTimeout : Errc::kNetwork,
+                      obj.display + ": " + curl_easy_strerror(res) +
+                          (res == CURLE_OPERATION_TIMEDOUT ? " (stalled: no bytes for a while)" : "") + " after " +
+                          std::to_string(t->received) + " of " + std::to_string(r.length) + " bytes of the range");
+  e.curl_code = static_cast<int>(res);
+  return e;
+}
+
+void Worker(Job* job, unsigned index, unsigned slots) {
+  NameThread(index);
+  FetchStats s;
+  MultiPtr multi(curl_multi_init());
+  std::vector<std::unique_ptr<Transfer>> idle;   // easy handles kept for connection reuse
+  std::vector<std::unique_ptr<Transfer>> active;
+  std::deque<std::unique_ptr<Transfer>> waiting; // backing off before a retry
+  auto finish = [&] {
+    for (auto& t : active) curl_multi_remove_handle(multi.get(), t->easy.get());
+    active.clear();
+    std::lock_guard lk(job->mu);
+    job->stats.requests += s.requests;
+    job->stats.retries += s.retries;
+    job->stats.resumed_bytes += s.resumed_bytes;
+    --job->running;
+    job->cv.notify_all();
+  };
+  auto start = [&](std::unique_ptr<Transfer> t) -> bool {
+    if (!t->easy && !idle.empty()) {
+      t->easy = std::move(idle.back()->easy);
+      idle.pop_back();
+    }
+    if (auto st = Prepare(t.get(), multi.get()); !st.ok()) {
+      job->Fail(std::move(st).error());
+      return false;
+    }
+    ++s.requests;
+    active.push_back(std::move(t));
+    return true;
+  };
+  for (;;) {
+    if (job->stop) break;
+    auto now = Clock::now();
+    // Retries whose backoff elapsed come first, then new ranges.
+    while (active.size() < slots && !waiting.empty() && waiting.front()->retry_at <= now) {
+      auto t = std::move(waiting.front());
+      waiting.pop_front();
+      if (!start(std::move(t))) break;
+    }
+    // Ranges waiting to retry keep their destination, so they count against the slots: the
+    // number of destinations held never exceeds the concurrency (prefetch's buffer pool).
+    while (active.size() + waiting.size() < slots && !job->stop) {
+      std::size_t i = job->next.fetch_add(1);
+      if (i >= job->ranges.size()) break;
+      auto t = std::make_unique<Transfer>();
+      t->job = job;
+      t->index = i;
+      t->dest = job->cb->acquire ? job->cb->acquire(i) : nullptr;
+      if (t->dest == nullptr && job->ranges[i].length > 0 && !job->cb->sink) {
+        job->Fail(MakeError(Errc::kCancelled, "fetch cancelled: no destination for a range"));
+        break;
+      }
+      t->first_attempt = Clock::now();
+      if (job->ranges[i].length == 0) {
+        if (auto st = job->cb->done(i, t->dest, 0); !st.ok()) job->Fail(std::move(st).error());
+        continue;
+      }
+      if (!start(std::move(t))) break;
+    }
+    if (job->stop) break;
+    if (active.empty() && waiting.empty()) break;
+    int running = 0;
+    curl_multi_perform(multi.get(), &running);
+    int timeout_ms = 100;
+    if (active.empty() && !waiting.empty()) {
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(waiting.front()->retry_at - Clock::now()).count();
+      timeout_ms = static_cast<int>(std::clamp<long long>(wait, 0, 100));
+    }
+    curl_multi_poll(multi.get(), nullptr, 0, timeout_ms, nullptr);
+    curl_multi_perform(multi.get(), &running);
+    CURLMsg* msg;
+    int left = 0;
+    while ((msg = curl_multi_info_read(multi.get(), &left)) != nullptr) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* e = msg->easy_handle;
+      CURLcode res = msg->data.result;
+      curl_multi_remove_handle(multi.get(), e);
+      auto it = std::find_if(active.begin(), active.end(), [&](const auto& t) { return t->easy.get() == e; });
+      if (it == active.end()) continue;
+      std::unique_ptr<Transfer> t = std::move(*it);
+      active.erase(it);
+      auto err = Evaluate(t.get(), res);
+      if (!err) {
+        if (auto st = job->cb->done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
+        idle.push_back(std::move(t));  // keep the easy handle (and its connection)
+        continue;
+      }
+      ++t->failed;
+      if (t->fatal_is_sink) {
+        job->Fail(std::move(*err));
+        break;
+      }
+      double elapsed = std::chrono::duration<double>(Clock::now() - t->first_attempt).count();
+      auto delay = job->policy.NextDelay(*err, t->failed, elapsed);
+      if (!delay) {
+        if (t->failed > 1 && IsRetryable(*err))
+          err->message += " (gave up after " + std::to_string(t->failed) + " attempts)";
+        job->Fail(std::move(*err));
+        break;
+      }
+      ++s.retries;
+      s.resumed_bytes += t->received;
+      // A broken connection is not reused.
+      t->easy.reset();
+      t->retry_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*delay));
+      auto pos = std::find_if(waiting.begin(), waiting.end(), [&](const auto& w) { return w->retry_at > t->retry_at; });
+      waiting.insert(pos, std::move(t));
+    }
+  }
+  finish();
+}
+
+}  // namespace
+
+Status FetchOptions::ApplyEnv(const Env& env) {
+  CS_ASSIGN_OR_RETURN(auto c, env.GetUint("COLDSTART_CONCURRENCY"));
+  if (c) concurrency = static_cast<unsigned>(std::min<std::uint64_t>(*c, 1u << 12));
+  CS_ASSIGN_OR_RETURN(auto t, env.GetUint("COLDSTART_FETCH_THREADS"));
+  if (t) threads = static_cast<unsigned>(std::min<std::uint64_t>(*t, 1u << 10));
+  CS_ASSIGN_OR_RETURN(auto ch, env.GetBytes("COLDSTART_CHUNK"));
+  if (ch) chunk_bytes = *ch;
+  CS_ASSIGN_OR_RETURN(auto h2, env.GetBool("COLDSTART_HTTP2"));
+  if (h2) http2 = *h2;
+  CS_RETURN_IF_ERROR(retry.ApplyEnv(env));
+  return Validate();
+}
+
+Status FetchOptions::Validate() const {
+  if (concurrency < 1 || concurrency > 1024)
+    return MakeError(Errc::kInvalidArgument, "concurrency " + std::to_string(concurrency) + " is outside 1 .. 1024");
+  if (chunk_bytes < (64u << 10) || chunk_bytes > (1ull << 30))
+    return MakeError(Errc::kInvalidArgument, "chunk size " + FormatBytes(static_cast<double>(chunk_bytes)) +
+                                                 " is outside 64 KiB .. 1 GiB");
+  if (threads > 64) return MakeError(Errc::kInvalidArgument, "fetch threads " + std::to_string(threads) + " is outside 0 .. 64");
+  return retry.Validate();
+}
+
+unsigned FetchOptions::EffectiveThreads() const {
+  unsigned t = threads ? threads : std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+  return std::max(1u, std::min(t, concurrency));
+}
+
+RangeFetcher::RangeFetcher(FetchOptions options) : options_(std::move(options)) { (void)CurlGlobalInit(); }
+
+Status RangeFetcher::Fetch(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
+                           const FetchCallbacks& callbacks, FetchStats* stats) {
+  CS_RETURN_IF_ERROR(options_.Validate());
+  for (const auto& r : ranges) {
+    if (r.object >= objects.size()) return MakeError(Errc::kInvalidArgument, "fetch range names a missing object");
+    const auto& o = objects[r.object];
+    if (r.offset > o.size || r.length > o.size - r.offset)
+      return MakeError(Errc::kInvalidArgument, o.display + ": range past the end of the object");
+  }
+  if (!callbacks.done) return MakeError(Errc::kInvalidArgument, "fetch needs a done callback");
+  if (!callbacks.acquire && !callbacks.sink)
+    return MakeError(Errc::kInvalidArgument, "fetch needs an acquire or a sink callback");
+  Job job(options_.retry);
+  job.objects = objects;
+  job.ranges = ranges;
+  job.cb = &callbacks;
+  job.opt = &options_;
+  job.start = Clock::now();
+  const unsigned n = std::max(1u, std::min<unsigned>(options_.EffectiveThreads(),
+                                                     static_cast<unsigned>(std::max<std::size_t>(1, ranges.size()))));
+  const unsigned per_thread = (options_.concurrency + n - 1) / n;
+  job.running = n;
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < n; ++i) threads.emplace_back(Worker, &job, i, per_thread);
+  bool cancelled = false;
+  {
+    std::unique_lock lk(job.mu);
+    while (job.running > 0) {
+      job.cv.wait_for(lk, std::chrono::milliseconds(100));
+      if (callbacks.progress && !cancelled && !job.stop) {
+        lk.unlock();
+        bool go = callbacks.progress(job.bytes.load());
+        lk.lock();
+        if (!go) {
+          cancelled = true;
+          job.stop = true;
+        }
+      }
+    }
+  }
+  for (auto& t : threads) t.join();
+  if (stats) {
+    *stats = job.stats;
+    stats->bytes = job.bytes.load();
+    stats->discarded_bytes = job.discarded.load();
+    stats->first_byte_seconds = static_cast<double>(job.first_byte_ns.load()) / 1e9;
+    stats->seconds = std::chrono::duration<double>(Clock::now() - job.start).count();
+  }
+  if (job.error) return std::move(*job.error);
+  if (cancelled) return MakeError(Errc::kCancelled, "fetch cancelled by caller");
+  if (callbacks.progress) callbacks.progress(job.bytes.load());
+  return OkStatus();
+}
+
+std::vector<FetchRange> ChunkObjects(std::span<const RemoteObject> objects, std::uint64_t chunk_bytes) {
+  std::vector<std::uint32_t> order(objects.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return objects[a].size > objects[b].size; });
+  std::vector<FetchRange> out;
+  for (auto i : order) {
+    const std::uint64_t size = objects[i].size;
+    if (size == 0) {
+      out.push_back({i, 0, 0});
+      continue;
+    }
+    for (std::uint64_t off = 0; off < size; off += chunk_bytes) out.push_back({i, off, std::min(chunk_bytes, size - off)});
+  }
+  return out;
+}
+
+}  // namespace coldstart::fetch

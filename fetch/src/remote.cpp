@@ -1,0 +1,305 @@
+#include "coldstart/fetch/remote.h"
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "coldstart/fetch/crc32c.h"
+
+namespace coldstart::fetch {
+namespace {
+
+// Side files of a Hugging Face model folder fetched from an http(s) folder when present.
+constexpr const char* kSideFiles[] = {"config.json", "generation_config.json", "tokenizer.json",
+                                      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
+
+std::string ObjectDisplay(const Source& s, const std::string& object) { return "gs://" + s.bucket + "/" + object; }
+
+}  // namespace
+
+Status RemoteOptions::ApplyEnv(const Env& env) {
+  if (endpoint.empty())
+    if (auto e = env.Get("COLDSTART_ENDPOINT")) endpoint = *e;
+  CS_RETURN_IF_ERROR(auth.ApplyEnv(env));
+  CS_RETURN_IF_ERROR(fetch.ApplyEnv(env));
+  CS_RETURN_IF_ERROR(retry.ApplyEnv(env));
+  return OkStatus();
+}
+
+Status CheckDestinationName(std::string_view name) {
+  auto bad = [&](const char* why) {
+    return MakeError(Errc::kFormat, "object name '" + std::string(name) + "' " + why + "; refusing to write it");
+  };
+  if (name.empty()) return bad("is empty");
+  if (name.front() == '/') return bad("is an absolute path");
+  if (name.find('\0') != std::string_view::npos) return bad("contains a NUL byte");
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    std::size_t end = name.find('/', start);
+    if (end == std::string_view::npos) end = name.size();
+    std::string_view part = name.substr(start, end - start);
+    if (part == "..") return bad("would escape the destination ('..')");
+    if (part == ".") return bad("has a '.' component");
+    if (part.empty() && end != name.size()) return bad("has an empty path component");
+    start = end + 1;
+  }
+  return OkStatus();
+}
+
+Result<std::shared_ptr<RemoteSession>> RemoteSession::Open(const Source& source, const RemoteOptions& options,
+                                                           const Env& env) {
+  auto s = std::shared_ptr<RemoteSession>(new RemoteSession());
+  s->source_ = source;
+  s->options_ = options;
+  CS_RETURN_IF_ERROR(s->options_.fetch.Validate());
+  if (source.kind == SourceKind::kGcs) {
+    CS_ASSIGN_OR_RETURN(s->endpoint_, ResolveGcsEndpoint(options.endpoint, env));
+    AuthOptions a = options.auth;
+    a.emulator = a.emulator || s->endpoint_.emulator;
+    CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
+  } else if (source.kind == SourceKind::kHttp) {
+    // Plain URLs (signed URLs, hubs) carry their own authorisation; an explicit token is sent.
+    AuthOptions a = options.auth;
+    if (a.access_token.empty()) a.anonymous = true;
+    CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
+  } else {
+    return MakeError(Errc::kInvalidArgument, source.original + " is a local path, not a remote source");
+  }
+  s->http_ = std::make_unique<HttpClient>(options.http);
+  s->options_.fetch.headers.insert(s->options_.fetch.headers.end(), options.http.extra_headers.begin(),
+                                   options.http.extra_headers.end());
+  if (s->options_.fetch.user_agent.empty()) s->options_.fetch.user_agent = options.http.user_agent;
+  return s;
+}
+
+std::string RemoteSession::DescribeCredentials() const { return creds_ ? creds_->Describe() : "none"; }
+
+Result<std::string> RemoteSession::AuthHeader() {
+  if (!creds_) return std::string();
+  return creds_->AuthorizationHeader();
+}
+
+Error RemoteSession::Annotate(Error e) const {
+  if (e.http_status == 401 || e.http_status == 403)
+    e.message += " (credentials used: " + DescribeCredentials() +
+                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+  return e;
+}
+
+Error RemoteSession::DescribeHttpError(long status, const std::string& what, const std::string& body) {
+  Error e = HttpError(status, what, body);
+  if (status == 401 || status == 403)
+    e.message += " (credentials used: " + DescribeCredentials() +
+                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+  if (status == 404 && source_.kind == SourceKind::kGcs)
+    e.message += " (check the bucket and object names)";
+  return e;
+}
+
+Result<HttpResponse> RemoteSession::SendWithRetry(HttpRequest req, const std::string& what) {
+  RetryPolicy policy(options_.retry);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::size_t base_headers = req.headers.size();
+  for (unsigned attempt = 1;; ++attempt) {
+    req.headers.resize(base_headers);
+    CS_ASSIGN_OR_RETURN(auto auth, AuthHeader());
+    if (!auth.empty()) req.headers.push_back(auth);
+    Result<HttpResponse> r = [&] {
+      std::lock_guard lk(mu_);
+      return http_->Send(req);
+    }();
+    Error err;
+    if (r.ok()) {
+      if (r->status >= 200 && r->status < 300) return r;
+      err = DescribeHttpError(r->status, what, r->body);
+    } else {
+      err = std::move(r).error().WithContext(what);
+    }
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto delay = policy.NextDelay(err, attempt, elapsed);
+    if (!delay) return err;
+    std::this_thread::sleep_for(std::chrono::duration<double>(*delay));
+  }
+}
+
+Result<RemoteFile> RemoteSession::StatGcsObject(const std::string& object, const std::string& name) {
+  HttpRequest req;
+  req.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(object) +
+            "?fields=name,size,generation,crc32c,md5Hash";
+  CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, ObjectDisplay(source_, object)));
+  nlohmann::json j = nlohmann::json::parse(resp.body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("size") || !j.contains("generation"))
+    return MakeError(Errc::kFormat, ObjectDisplay(source_, object) + ": metadata response lacks size/generation");
+  RemoteFile f;
+  f.name = name;
+  f.object.display = ObjectDisplay(source_, object);
+  auto num = [](const nlohmann::json& v) -> std::uint64_t {
+    return v.is_string() ? std::strtoull(v.get<std::string>().c_str(), nullptr, 10) : v.get<std::uint64_t>();
+  };
+  f.object.size = num(j["size"]);
+  f.object.generation = static_cast<std::int64_t>(num(j["generation"]));
+  if (j.contains("crc32c") && j["crc32c"].is_string()) {
+    CS_ASSIGN_OR_RETURN(auto crc, Crc32cFromBase64(j["crc32c"].get<std::string>()));
+    f.crc32c = crc;
+  }
+  if (j.contains("md5Hash") && j["md5Hash"].is_string()) f.md5_base64 = j["md5Hash"].get<std::string>();
+  // Pinning the generation: an overwrite mid-download answers 412 instead of mixing versions.
+  f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(object) +
+                 "?alt=media&ifGenerationMatch=" + std::to_string(f.object.generation);
+  return f;
+}
+
+Result<std::vector<RemoteFile>> RemoteSession::ListGcs() {
+  std::string prefix = source_.object;
+  if (!prefix.empty() && prefix.back() != '/') prefix += '/';
+  std::vector<RemoteFile> out;
+  std::string page_token;
+  do {
+    HttpRequest req;
+    req.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o?prefix=" + UrlEncode(prefix) +
+              "&maxResults=" + std::to_string(options_.list_page_size) + "&fields=items(name,size,generation,crc32c,md5Hash),nextPageToken" +
+              (page_token.empty() ? "" : "&pageToken=" + UrlEncode(page_token));
+    CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, "gs://" + source_.bucket + "/" + prefix));
+    nlohmann::json j = nlohmann::json::parse(resp.body, nullptr, false);
+    if (!j.is_object()) return MakeError(Errc::kFormat, "gs://" + source_.bucket + ": listing response is not JSON");
+    if (j.contains("items")) {
+      for (const auto& it : j["items"]) {
+        const std::string name = it.value("name", "");
+        if (name.size() <= prefix.size() || name.back() == '/') continue;  // folder placeholders
+        RemoteFile f;
+        f.name = name.substr(prefix.size());
+        CS_RETURN_IF_ERROR(CheckDestinationName(f.name));
+        f.object.display = ObjectDisplay(source_, name);
+        auto num = [](const nlohmann::json& v) -> std::uint64_t {
+          return v.is_string() ? std::strtoull(v.get<std::string>().c_str(), nullptr, 10) : v.get<std::uint64_t>();
+        };
+        f.object.size = num(it.at("size"));
+        f.object.generation = static_cast<std::int64_t>(num(it.at("generation")));
+        if (it.contains("crc32c")) {
+          CS_ASSIGN_OR_RETURN(auto crc, Crc32cFromBase64(it["crc32c"].get<std::string>()));
+          f.crc32c = crc;
+        }
+        if (it.contains("md5Hash")) f.md5_base64 = it["md5Hash"].get<std::string>();
+        f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(name) +
+                       "?alt=media&ifGenerationMatch=" + std::to_string(f.object.generation);
+        out.push_back(std::move(f));
+      }
+    }
+    page_token = j.contains("nextPageToken") && j["nextPageToken"].is_string() ? j["nextPageToken"].get<std::string>() : "";
+  } while (!page_token.empty());
+  if (out.empty() && !source_.object.empty() && source_.object.back() != '/') {
+    // Not a folder: maybe a single object.
+    auto single = StatGcsObject(source_.object, source_.object.substr(source_.object.rfind('/') + 1));
+    if (single.ok()) return std::vector<RemoteFile>{std::move(single).value()};
+    if (single.error().code != Errc::kNotFound) return std::move(single).error();
+  }
+  if (out.empty())
+    return MakeError(Errc::kNotFound, "gs://" + source_.bucket + "/" + source_.object +
+                                          ": no objects under this prefix and no object of this name");
+  return out;
+}
+
+Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::string& name) {
+  // A one-byte ranged GET rather than HEAD: signed URLs are signed for GET only.
+  HttpRequest req;
+  req.url = url;
+  req.headers.push_back("Range: bytes=0-0");
+  req.follow_redirects = true;
+  CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, RedactUrl(url)));
+  RemoteFile f;
+  f.name = name;
+  f.object.display = RedactUrl(url);
+  f.object.url = url;
+  std::string cr = resp.Header("content-range");
+  auto slash = cr.rfind('/');
+  if (resp.status == 206 && slash != std::string::npos && cr.substr(slash + 1) != "*") {
+    f.object.size = std::strtoull(cr.c_str() + slash + 1, nullptr, 10);
+  } else if (resp.status == 200) {
+    f.object.size = resp.body.size();  // the server ignored Range and sent it all (small file)
+  } else {
+    return MakeError(Errc::kHttp, RedactUrl(url) + ": server did not report the size (no Content-Range)");
+  }
+  std::string g = resp.Header("x-goog-generation");
+  if (!g.empty()) f.object.generation = std::strtoll(g.c_str(), nullptr, 10);
+  std::string hash = resp.Header("x-goog-hash");  // crc32c=...,md5=...
+  for (std::size_t p = 0; p < hash.size();) {
+    std::size_t e = hash.find(',', p);
+    if (e == std::string::npos) e = hash.size();
+    std::string kv = hash.substr(p, e - p);
+    while (!kv.empty() && kv.front() == ' ') kv.erase(0, 1);
+    if (kv.rfind("crc32c=", 0) == 0) {
+      auto crc = Crc32cFromBase64(kv.substr(7));
+      if (crc.ok()) f.crc32c = *crc;
+    } else if (kv.rfind("md5=", 0) == 0) {
+      f.md5_base64 = kv.substr(4);
+    }
+    p = e + 1;
+  }
+  return f;
+}
+
+Result<std::vector<RemoteFile>> RemoteSession::ListHttp() {
+  const std::string& url = source_.url;
+  std::string path = url.substr(0, url.find('?'));
+  if (path.size() > 12 && path.substr(path.size() - 12) == ".safetensors") {
+    std::string name = path.substr(path.rfind('/') + 1);
+    CS_ASSIGN_OR_RETURN(auto f, StatHttp(url, name));
+    return std::vector<RemoteFile>{std::move(f)};
+  }
+  std::vector<RemoteFile> out;
+  std::set<std::string> names;
+  auto index = StatHttp(JoinUrl(url, "model.safetensors.index.json"), "model.safetensors.index.json");
+  if (index.ok()) {
+    CS_ASSIGN_OR_RETURN(auto text, GetSmall(*index, 256u << 20));
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      return MakeError(Errc::kFormat, index->object.display + ": not a safetensors index (no weight_map)");
+    for (const auto& [tensor, shard] : j["weight_map"].items()) {
+      if (!shard.is_string()) return MakeError(Errc::kFormat, index->object.display + ": weight_map value is not a string");
+      names.insert(shard.get<std::string>());
+    }
+    out.push_back(std::move(index).value());
+  } else if (index.error().code == Errc::kNotFound) {
+    names.insert("model.safetensors");
+  } else {
+    return std::move(index).error();
+  }
+  for (const auto& n : names) {
+    CS_RETURN_IF_ERROR(CheckDestinationName(n));
+    CS_ASSIGN_OR_RETURN(auto f, StatHttp(JoinUrl(url, n), n));
+    out.push_back(std::move(f));
+  }
+  for (const char* side : kSideFiles) {
+    auto f = StatHttp(JoinUrl(url, side), side);
+    if (f.ok()) out.push_back(std::move(f).value());
+    else if (f.error().code != Errc::kNotFound) return std::move(f).error();
+  }
+  return out;
+}
+
+Result<std::vector<RemoteFile>> RemoteSession::List() {
+  return source_.kind == SourceKind::kGcs ? ListGcs() : ListHttp();
+}
+
+Result<RemoteFile> RemoteSession::Stat(const std::string& name) {
+  if (source_.kind == SourceKind::kGcs) {
+    std::string prefix = source_.object;
+    if (!prefix.empty() && prefix.back() != '/') prefix += '/';
+    return StatGcsObject(prefix + name, name);
+  }
+  return StatHttp(JoinUrl(source_.url, name), name);
+}
+
+Result<std::string> RemoteSession::GetSmall(const RemoteFile& f, std::uint64_t max_bytes) {
+  if (f.object.size > max_bytes)
+    return MakeError(Errc::kFormat, f.object.display + " is " + std::to_string(f.object.size) + " bytes, more than the " +
+                                        std::to_string(max_bytes) + " expected of it");
+  HttpRequest req;
+  req.url = f.object.url;
+  req.follow_redirects = source_.kind == SourceKind::kHttp;
+  CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, f.object.display));
+  return resp.body;
+}
+
+}  // namespace coldstart::fetch

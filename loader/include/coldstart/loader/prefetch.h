@@ -1,0 +1,44 @@
+// `coldstart prefetch`: copy a remote model folder to local disk as fast as the network
+// allows. Each file is written under a temporary name and renamed only once complete and
+// verified (CRC32C, or MD5 where the server has no CRC32C); files already present with the
+// same size and checksum are skipped, so a re-run resumes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "coldstart/fetch/remote.h"
+#include "coldstart/result.h"
+
+namespace coldstart::loader {
+
+struct PrefetchOptions {
+  std::vector<std::string> include;  // globs on the relative name; empty = everything
+  std::vector<std::string> exclude;
+  // Flush each file before its rename, so a crash never leaves a torn file under a final name
+  // (COLDSTART_PREFETCH_FSYNC). Writeback is started per range (sync_file_range) so the final
+  // flush is short. Bytes go from curl's buffer to the page cache: no staging memory, so peak
+  // RSS does not depend on the model's size.
+  bool fsync = true;
+  std::function<bool(std::uint64_t done, std::uint64_t total)> progress;
+  Status ApplyEnv(const Env& env);
+};
+
+struct PrefetchReport {
+  unsigned files = 0;           // downloaded
+  unsigned skipped = 0;         // already present and verified
+  std::uint64_t bytes = 0;      // downloaded bytes
+  std::uint64_t skipped_bytes = 0;
+  unsigned verified_crc32c = 0, verified_md5 = 0, unverified = 0;
+  double seconds = 0;
+  fetch::FetchStats fetch;
+};
+
+Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string& dest, const PrefetchOptions& options);
+
+// CRC32C of a local file (to decide whether it can be skipped).
+Result<std::uint32_t> FileCrc32c(const std::string& path);
+
+}  // namespace coldstart::loader

@@ -1,0 +1,205 @@
+#include "coldstart/loader/remote_loader.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+
+#include "coldstart/fetch/crc32c.h"
+
+namespace coldstart::loader {
+namespace {
+
+// A first GET of 1 MiB covers the header of every real checkpoint we have seen (a 40k-tensor
+// header is ~4 MB, though; those get a second, exact request).
+constexpr std::uint64_t kFirstHeaderBytes = 1u << 20;
+
+bool IsTopLevelSafetensors(const std::string& name) {
+  return name.find('/') == std::string::npos && name.size() > 12 && name.substr(name.size() - 12) == ".safetensors";
+}
+
+// Fetches [0, len_i) of each object into strings.
+Status FetchPrefixes(fetch::RemoteSession& s, std::span<const fetch::RemoteObject> objs,
+                     const std::vector<std::uint64_t>& lens, std::vector<std::string>* out) {
+  std::vector<fetch::FetchRange> ranges;
+  out->assign(objs.size(), std::string());
+  for (std::uint32_t i = 0; i < objs.size(); ++i) {
+    (*out)[i].resize(lens[i]);
+    ranges.push_back({i, 0, lens[i]});
+  }
+  fetch::RangeFetcher f(s.options().fetch);
+  fetch::FetchCallbacks cb;
+  cb.acquire = [&](std::size_t i) { return reinterpret_cast<std::byte*>((*out)[ranges[i].object].data()); };
+  cb.done = [](std::size_t, std::byte*, std::uint32_t) { return OkStatus(); };
+  cb.auth_header = [&s] { return s.AuthHeader(); };
+  auto st = f.Fetch(objs, ranges, cb);
+  if (!st.ok()) return s.Annotate(std::move(st).error());
+  return OkStatus();
+}
+
+}  // namespace
+
+Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session) {
+  const auto t0 = std::chrono::steady_clock::now();
+  RemoteModel m;
+  m.session = session;
+  CS_ASSIGN_OR_RETURN(auto listing, session->List());
+  std::unique_ptr<ShardIndex> index;
+  std::vector<fetch::RemoteFile> shards;
+  auto idx_it = std::find_if(listing.begin(), listing.end(), [](const auto& f) { return f.name == kIndexFileName; });
+  if (idx_it != listing.end()) {
+    CS_ASSIGN_OR_RETURN(auto text, session->GetSmall(*idx_it, 256u << 20));
+    auto parsed = ParseShardIndex(text);
+    if (!parsed.ok()) return std::move(parsed).error().WithContext(idx_it->object.display);
+    index = std::make_unique<ShardIndex>(std::move(parsed).value());
+    for (const auto& name : index->shards) {
+      auto it = std::find_if(listing.begin(), listing.end(), [&](const auto& f) { return f.name == name; });
+      if (it == listing.end())
+        return MakeError(Errc::kNotFound, idx_it->object.display + " names shard '" + name + "', which is missing");
+      shards.push_back(*it);
+    }
+  } else {
+    for (const auto& f : listing)
+      if (IsTopLevelSafetensors(f.name) || listing.size() == 1) shards.push_back(f);
+    std::sort(shards.begin(), shards.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+    if (shards.empty())
+      return MakeError(Errc::kNotFound, session->source().original + ": no *.safetensors files and no " +
+                                            std::string(kIndexFileName));
+  }
+  std::vector<fetch::RemoteObject> objs;
+  std::vector<std::uint64_t> lens;
+  for (const auto& f : shards) {
+    objs.push_back(f.object);
+    lens.push_back(std::min<std::uint64_t>(f.object.size, kFirstHeaderBytes));
+  }
+  std::vector<std::string> prefixes;
+  CS_RETURN_IF_ERROR(FetchPrefixes(*session, objs, lens, &prefixes));
+  // Headers longer than the first read: fetch exactly what is missing.
+  std::vector<std::uint64_t> need(shards.size());
+  bool again = false;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    auto n = ParseHeaderLength(std::as_bytes(std::span(prefixes[i].data(), prefixes[i].size())), shards[i].object.size);
+    if (!n.ok()) return std::move(n).error().WithContext(shards[i].object.display);
+    need[i] = 8 + *n;
+    again = again || need[i] > prefixes[i].size();
+  }
+  if (again) {
+    std::vector<std::string> full;
+    CS_RETURN_IF_ERROR(FetchPrefixes(*session, objs, need, &full));
+    prefixes = std::move(full);
+  }
+  std::vector<ShardFile> files;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    ShardFile sf;
+    sf.path = shards[i].object.display;
+    sf.name = shards[i].name;
+    sf.size = shards[i].object.size;
+    auto h = ParseHeader(std::string_view(prefixes[i]).substr(8, need[i] - 8), sf.size);
+    if (!h.ok()) return std::move(h).error().WithContext(shards[i].object.display);
+    sf.header = std::move(h).value();
+    prefixes[i].resize(need[i]);
+    files.push_back(std::move(sf));
+  }
+  CS_ASSIGN_OR_RETURN(m.layout, BuildLayout(session->source().original, std::move(files), index.get()));
+  m.files = std::move(shards);
+  m.header_bytes = std::move(prefixes);
+  m.plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return m;
+}
+
+Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(RemoteModel model, const HostLoadOptions& options,
+                                                        RemoteLoadStats* stats);
+
+Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel model, const HostLoadOptions& options,
+                                                    RemoteLoadStats* stats) {
+  return LoadToHostFromRemote(std::move(model), options, stats);
+}
+
+Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(RemoteModel rm, const HostLoadOptions& options,
+                                                        RemoteLoadStats* stats) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = std::make_shared<HostModel>();
+  model->layout_ = std::move(rm.layout);
+  const ModelLayout& m = model->layout_;
+  std::vector<std::uint64_t> file_pos(m.files.size());
+  std::uint64_t cursor = 0;
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    file_pos[i] = (cursor + 4095) / 4096 * 4096;
+    cursor = file_pos[i] + m.files[i].header.data_bytes;
+  }
+  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(cursor, options.arena));
+
+  const auto& fo = rm.session->options().fetch;
+  std::vector<fetch::RemoteObject> objs;
+  std::vector<fetch::FetchRange> ranges;
+  for (std::uint32_t i = 0; i < m.files.size(); ++i) {
+    objs.push_back(rm.files[i].object);
+    const auto& h = m.files[i].header;
+    for (std::uint64_t off = 0; off < h.data_bytes; off += fo.chunk_bytes)
+      ranges.push_back({i, h.data_start() + off, std::min(fo.chunk_bytes, h.data_bytes - off)});
+  }
+  // Largest files first so the tail of the download is not one lone shard.
+  std::stable_sort(ranges.begin(), ranges.end(), [&](const auto& a, const auto& b) {
+    return objs[a.object].size != objs[b.object].size ? objs[a.object].size > objs[b.object].size
+                                                      : a.object < b.object;
+  });
+  std::vector<std::uint32_t> range_crc(ranges.size());
+  fetch::RangeFetcher fetcher(fo);
+  fetch::FetchCallbacks cb;
+  cb.acquire = [&](std::size_t i) {
+    const auto& r = ranges[i];
+    return model->arena_.data() + file_pos[r.object] + (r.offset - m.files[r.object].header.data_start());
+  };
+  cb.done = [&](std::size_t i, std::byte*, std::uint32_t crc) {
+    range_crc[i] = crc;
+    return OkStatus();
+  };
+  cb.auth_header = [&rm] { return rm.session->AuthHeader(); };
+  if (options.progress) {
+    const std::uint64_t total = m.total_bytes;
+    cb.progress = [&options, total](std::uint64_t done) { return options.progress(std::min(done, total), total); };
+  }
+  fetch::FetchStats fs;
+  if (auto st = fetcher.Fetch(objs, ranges, cb, &fs); !st.ok()) return rm.session->Annotate(std::move(st).error());
+
+  // Whole-object CRC32C: the header bytes we already hold, then the data ranges in order.
+  bool all_verified = true;
+  std::vector<std::size_t> order(ranges.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) {
+    return ranges[a].object != ranges[b].object ? ranges[a].object < ranges[b].object : ranges[a].offset < ranges[b].offset;
+  });
+  std::vector<std::uint32_t> crc(m.files.size());
+  for (std::size_t i = 0; i < m.files.size(); ++i)
+    crc[i] = fetch::Crc32c(rm.header_bytes[i].data(), rm.header_bytes[i].size());
+  for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    if (!rm.files[i].crc32c) {
+      all_verified = false;
+      continue;
+    }
+    if (*rm.files[i].crc32c != crc[i])
+      return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": CRC32C mismatch (server says " +
+                                             fetch::Crc32cToBase64(*rm.files[i].crc32c) + ", received bytes give " +
+                                             fetch::Crc32cToBase64(crc[i]) + "); the data was corrupted in transit");
+  }
+  model->tensors_.reserve(m.tensors.size());
+  for (const auto& t : m.tensors) {
+    const auto& h = m.files[t.file].header;
+    model->tensors_.push_back({&t, model->arena_.data() + file_pos[t.file] + (t.offset - h.data_start())});
+  }
+  model->stats_.bytes = fs.bytes;
+  model->stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  model->stats_.read.engine = "http";
+  model->stats_.read.requests = fs.requests;
+  model->stats_.read.retries = fs.retries;
+  model->stats_.read.bytes = fs.bytes;
+  model->stats_.read.threads = fo.EffectiveThreads();
+  if (stats) {
+    stats->fetch = fs;
+    stats->verified_crc32c = all_verified;
+  }
+  return model;
+}
+
+}  // namespace coldstart::loader

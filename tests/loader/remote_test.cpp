@@ -1,0 +1,424 @@
+// gs:// and http(s):// sources end to end against the fake GCS server on loopback: listing,
+// auth, prefetch and remote loads, and every fault the server can inject.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "../common/independent.h"
+#include "../common/temp_dir.h"
+#include "coldstart/fake_gcs/server.h"
+#include "coldstart/fetch/crc32c.h"
+#include "coldstart/loader/prefetch.h"
+#include "coldstart/loader/remote_loader.h"
+#include "coldstart/loader/synth.h"
+
+namespace coldstart::loader {
+namespace {
+
+namespace fs = std::filesystem;
+using coldstart::testing::ReadFile;
+using coldstart::testing::TempDir;
+using coldstart::testing::WriteFile;
+using fakegcs::FaultSpec;
+
+// A bucket "bkt" holding a synthetic 3-shard model under "models/m/".
+class RemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SynthOptions so;
+    so.size_bytes = 6 << 20;
+    so.shards = 3;
+    so.seed = 9;
+    ASSERT_TRUE(SynthesizeModel(root_ / "bkt/models/m", so).ok());
+    fakegcs::ServerOptions o;
+    o.root = root_.path();
+    o.sa_key_out = root_ / "sa.json";
+    o.authorized_user_out = root_ / "user.json";
+    o.required_token = required_token_;
+    auto s = fakegcs::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    server_ = std::move(s).value();
+  }
+
+  virtual std::string required_token() { return ""; }
+
+  fetch::RemoteOptions Options() {
+    fetch::RemoteOptions o;
+    o.fetch.chunk_bytes = 256 << 10;
+    o.fetch.concurrency = 8;
+    o.fetch.retry.initial_backoff_s = 0.01;
+    o.fetch.retry.max_backoff_s = 0.05;
+    o.fetch.retry.stall_timeout_s = 1;
+    o.retry = o.fetch.retry;
+    return o;
+  }
+  Env EmulatorEnv() { return Env::FromMap({{"STORAGE_EMULATOR_HOST", server_->endpoint()}, {"COLDSTART_METADATA", "off"}}); }
+
+  std::shared_ptr<fetch::RemoteSession> Session(const std::string& url, fetch::RemoteOptions o, const Env& env) {
+    auto src = fetch::ParseSource(url);
+    EXPECT_TRUE(src.ok());
+    auto s = fetch::RemoteSession::Open(*src, o, env);
+    EXPECT_TRUE(s.ok()) << s.error().message;
+    return s.ok() ? *s : nullptr;
+  }
+  std::shared_ptr<fetch::RemoteSession> Emulated(const std::string& url = "gs://bkt/models/m") {
+    return Session(url, Options(), EmulatorEnv());
+  }
+
+  // Every file of the source folder equals its prefetched copy.
+  void ExpectSameFolder(const std::string& dest) {
+    for (const auto& e : fs::directory_iterator(root_ / "bkt/models/m")) {
+      auto name = e.path().filename().string();
+      EXPECT_EQ(ReadFile(dest + "/" + name), ReadFile(e.path().string())) << name;
+    }
+  }
+  std::uint64_t ModelBytes() {
+    std::uint64_t n = 0;
+    for (const auto& e : fs::directory_iterator(root_ / "bkt/models/m")) n += e.file_size();
+    return n;
+  }
+
+  TempDir root_;
+  std::string required_token_;
+  std::unique_ptr<fakegcs::Server> server_;
+};
+
+TEST_F(RemoteTest, ListingFollowsPagination) {
+  for (int i = 0; i < 23; ++i) WriteFile(root_ / ("bkt/many/f" + std::to_string(100 + i)), "x");
+  auto o = Options();
+  o.list_page_size = 5;
+  auto s = Session("gs://bkt/many", o, EmulatorEnv());
+  server_->ResetStats();
+  auto files = s->List();
+  ASSERT_TRUE(files.ok()) << files.error().message;
+  ASSERT_EQ(files->size(), 23u);
+  EXPECT_EQ((*files)[0].name, "f100");
+  EXPECT_EQ((*files)[22].name, "f122");
+  EXPECT_EQ(server_->stats().requests, 5u) << "23 objects in pages of 5";
+  EXPECT_TRUE((*files)[0].crc32c.has_value());
+}
+
+TEST_F(RemoteTest, MissingPrefixAndBucketAreNotFound) {
+  auto s = Emulated("gs://bkt/nothing-here");
+  auto files = s->List();
+  ASSERT_FALSE(files.ok());
+  EXPECT_EQ(files.error().code, Errc::kNotFound);
+  EXPECT_NE(files.error().message.find("gs://bkt/nothing-here"), std::string::npos) << files.error().message;
+}
+
+TEST_F(RemoteTest, PrefetchCopiesVerifiesAndResumes) {
+  TempDir dest;
+  auto s = Emulated();
+  auto r = Prefetch(*s, dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->files, 5u);
+  EXPECT_EQ(r->verified_crc32c, 5u);
+  EXPECT_EQ(r->bytes, ModelBytes());
+  ExpectSameFolder(dest.path());
+  for (const auto& e : fs::directory_iterator(dest.path()))
+    EXPECT_EQ(e.path().string().find(".coldstart-partial"), std::string::npos) << "no temp files left";
+  // A re-run skips everything; a damaged local file is fetched again.
+  auto again = Prefetch(*s, dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->skipped, 5u);
+  EXPECT_EQ(again->bytes, 0u);
+  std::string shard = dest / "model-00002-of-00003.safetensors";
+  std::string bytes = ReadFile(shard);
+  bytes[bytes.size() / 2] ^= 1;
+  WriteFile(shard, bytes);
+  auto third = Prefetch(*s, dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third->files, 1u);
+  EXPECT_EQ(third->skipped, 4u);
+  ExpectSameFolder(dest.path());
+}
+
+TEST_F(RemoteTest, IncludeExcludeGlobs) {
+  TempDir dest;
+  auto s = Emulated();
+  PrefetchOptions po;
+  po.include = {"*.json"};
+  po.exclude = {"config.json"};
+  auto r = Prefetch(*s, dest.path(), po);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->files, 1u);
+  EXPECT_TRUE(fs::exists(dest / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(dest / "config.json"));
+}
+
+TEST_F(RemoteTest, RemoteLoadMatchesTheFilesAndVerifiesCrc) {
+  auto rm = OpenRemoteModel(Emulated());
+  ASSERT_TRUE(rm.ok()) << rm.error().message;
+  EXPECT_TRUE(rm->layout.has_index);
+  EXPECT_EQ(rm->layout.files.size(), 3u);
+  RemoteLoadStats st;
+  auto model = LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{}, &st);
+  ASSERT_TRUE(model.ok()) << model.error().message;
+  EXPECT_TRUE(st.verified_crc32c);
+  std::map<std::string, std::string> expected, got;
+  for (const auto& e : fs::directory_iterator(root_ / "bkt/models/m"))
+    if (e.path().extension() == ".safetensors") expected.merge(coldstart::testing::IndependentDigests(e.path().string()));
+  for (const auto& t : (*model)->tensors()) got[t.entry->name] = coldstart::testing::Sha256HexOf(t.data, t.entry->nbytes);
+  EXPECT_EQ(got, expected);
+}
+
+struct FaultCase {
+  std::string name;
+  FaultSpec fault;
+  friend void PrintTo(const FaultCase& c, std::ostream* os) { *os << c.name; }
+};
+
+class RemoteFaults : public RemoteTest, public ::testing::WithParamInterface<FaultCase> {};
+
+TEST_P(RemoteFaults, RetriedResumedAndByteIdentical) {
+  FaultSpec f = GetParam().fault;
+  f.object_glob = "bkt/models/m/model-00001-of-00003.safetensors";
+  server_->AddFault(f);
+  server_->ResetStats();
+  TempDir dest;
+  auto s = Emulated();
+  auto r = Prefetch(*s, dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  ExpectSameFolder(dest.path());
+  EXPECT_GE(r->fetch.retries, 1u);
+  // Resumption: what the server sent beyond the model's bytes is less than one chunk per fault.
+  auto stats = server_->stats();
+  EXPECT_EQ(stats.faults_injected, f.count);
+  EXPECT_LT(stats.media_bytes_sent, ModelBytes() + f.count * (256u << 10)) << "bytes were fetched again";
+}
+
+FaultSpec Fault(FaultSpec::Kind k, std::uint64_t after = 100000, unsigned count = 1, int status = 503, double secs = 0) {
+  FaultSpec f;
+  f.kind = k;
+  f.after_bytes = after;
+  f.count = count;
+  f.status = status;
+  f.seconds = secs;
+  return f;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Faults, RemoteFaults,
+    ::testing::Values(FaultCase{"status503_twice", Fault(FaultSpec::Kind::kStatus, 0, 2, 503)},
+                      FaultCase{"status429", Fault(FaultSpec::Kind::kStatus, 0, 1, 429)},
+                      FaultCase{"status408", Fault(FaultSpec::Kind::kStatus, 0, 1, 408)},
+                      FaultCase{"reset", Fault(FaultSpec::Kind::kReset, 100000)},
+                      FaultCase{"cut_body", Fault(FaultSpec::Kind::kCutBody, 150001, 2)},
+                      FaultCase{"stall", Fault(FaultSpec::Kind::kStall, 50000, 1, 0, 3.0)}),
+    [](const auto& i) { return i.param.name; });
+
+TEST_F(RemoteTest, CorruptionIsDetectedAndNothingIsWritten) {
+  server_->AddFault(Fault(FaultSpec::Kind::kCorrupt, 70000, 0));
+  TempDir dest;
+  auto s = Emulated();
+  PrefetchOptions po;
+  po.include = {"model-00001-of-00003.safetensors"};
+  auto r = Prefetch(*s, dest.path(), po);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::kIntegrity);
+  EXPECT_NE(r.error().message.find("CRC32C mismatch"), std::string::npos) << r.error().message;
+  EXPECT_FALSE(fs::exists(dest / "model-00001-of-00003.safetensors"));
+  EXPECT_FALSE(fs::exists(dest / "model-00001-of-00003.safetensors.coldstart-partial"));
+  // The same through a remote load: never loaded.
+  auto rm = OpenRemoteModel(Emulated());
+  ASSERT_TRUE(rm.ok());
+  auto m = LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{});
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::kIntegrity);
+}
+
+TEST_F(RemoteTest, GenerationChangeMidDownloadIsDetected) {
+  FaultSpec f = Fault(FaultSpec::Kind::kGenerationChange, 100000);
+  f.object_glob = "bkt/models/m/model-00001-of-00003.safetensors";
+  server_->AddFault(f);
+  TempDir dest;
+  auto r = Prefetch(*Emulated(), dest.path(), PrefetchOptions{});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::kIntegrity);
+  EXPECT_NE(r.error().message.find("model-00001-of-00003.safetensors"), std::string::npos) << r.error().message;
+  EXPECT_FALSE(fs::exists(dest / "model-00001-of-00003.safetensors"));
+}
+
+TEST_F(RemoteTest, NotRetried404And403NameTheObjectAndIdentity) {
+  FaultSpec f = Fault(FaultSpec::Kind::kStatus, 0, 0, 403);
+  server_->AddFault(f);
+  server_->ResetStats();
+  TempDir dest;
+  auto r = Prefetch(*Emulated(), dest.path(), PrefetchOptions{});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::kPermissionDenied);
+  EXPECT_NE(r.error().message.find("gs://bkt/models/m/"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("anonymous"), std::string::npos) << "names the identity: " << r.error().message;
+  EXPECT_EQ(server_->stats().media_requests, 0u);
+  EXPECT_LE(server_->stats().faults_injected, 8u) << "403 is not retried (one per connection at most)";
+}
+
+TEST_F(RemoteTest, BigObjectThroughManyRanges) {
+  // 256 MiB through 1 MiB ranges (256+ GETs over 8 connections), one reset on the way.
+  const std::uint64_t size = 256ull << 20;
+  {
+    fs::create_directories(root_ / "bkt/big");
+    std::vector<std::uint64_t> block(1 << 17);
+    std::mt19937_64 rng(1);
+    std::ofstream out(root_ / "bkt/big/blob.bin", std::ios::binary);
+    for (std::uint64_t w = 0; w < size; w += block.size() * 8) {
+      for (auto& v : block) v = rng();
+      out.write(reinterpret_cast<const char*>(block.data()), static_cast<std::streamsize>(block.size() * 8));
+    }
+  }
+  server_->AddFault(Fault(FaultSpec::Kind::kReset, 300000));
+  auto o = Options();
+  o.fetch.chunk_bytes = 1 << 20;
+  auto s = Session("gs://bkt/big", o, EmulatorEnv());
+  TempDir dest;
+  auto r = Prefetch(*s, dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->bytes, size);
+  EXPECT_GE(r->fetch.requests, 256u);
+  EXPECT_EQ(r->verified_crc32c, 1u);
+  auto crc = FileCrc32c(dest / "blob.bin");
+  ASSERT_TRUE(crc.ok());
+  EXPECT_EQ(*crc, *FileCrc32c(root_ / "bkt/big/blob.bin"));
+}
+
+TEST_F(RemoteTest, HttpFolderUrlWithIndex) {
+  // The fake server's XML API serves plain GETs: a folder URL whose index names the shards.
+  auto s = Session(server_->endpoint() + "/bkt/models/m/", Options(), EmulatorEnv());
+  auto files = s->List();
+  ASSERT_TRUE(files.ok()) << files.error().message;
+  EXPECT_EQ(files->size(), 5u) << "index, 3 shards, config.json";
+  auto rm = OpenRemoteModel(s);
+  ASSERT_TRUE(rm.ok()) << rm.error().message;
+  auto m = LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{});
+  ASSERT_TRUE(m.ok()) << m.error().message;
+}
+
+TEST_F(RemoteTest, IndexNamingAPathOutsideTheFolderIsRefused) {
+  WriteFile(root_ / "bkt/evil/model.safetensors.index.json", R"({"weight_map":{"w":"../models/m/model-00001-of-00003.safetensors"}})");
+  auto s = Session(server_->endpoint() + "/bkt/evil/", Options(), EmulatorEnv());
+  auto files = s->List();
+  ASSERT_FALSE(files.ok());
+  EXPECT_NE(files.error().message.find("escape"), std::string::npos) << files.error().message;
+  EXPECT_FALSE(fetch::CheckDestinationName("/etc/passwd").ok());
+  EXPECT_FALSE(fetch::CheckDestinationName("a/../../b").ok());
+  EXPECT_TRUE(fetch::CheckDestinationName("sub/model.safetensors").ok());
+}
+
+class RemoteAuthTest : public RemoteTest {
+ protected:
+  void SetUp() override {
+    required_token_ = "secret-token-123";
+    RemoteTest::SetUp();
+  }
+  fetch::RemoteOptions WithEndpoint() {
+    auto o = Options();
+    o.endpoint = server_->endpoint();  // not an emulator: credentials are resolved
+    return o;
+  }
+  void ExpectLoads(fetch::RemoteOptions o, const Env& env) {
+    auto s = Session("gs://bkt/models/m", o, env);
+    ASSERT_NE(s, nullptr);
+    auto rm = OpenRemoteModel(s);
+    ASSERT_TRUE(rm.ok()) << rm.error().message;
+    EXPECT_TRUE(LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{}).ok());
+  }
+};
+
+TEST_F(RemoteAuthTest, ExplicitToken) {
+  auto o = WithEndpoint();
+  o.auth.access_token = "secret-token-123";
+  ExpectLoads(o, Env::FromMap({{"COLDSTART_METADATA", "off"}}));
+}
+
+TEST_F(RemoteAuthTest, ServiceAccountJwtVerifiedByTheServer) {
+  server_->ResetStats();
+  ExpectLoads(WithEndpoint(), Env::FromMap({{"GOOGLE_APPLICATION_CREDENTIALS", root_ / "sa.json"}, {"COLDSTART_METADATA", "off"}}));
+  EXPECT_EQ(server_->stats().token_requests, 1u) << "one token, cached";
+}
+
+TEST_F(RemoteAuthTest, AuthorizedUser) {
+  ExpectLoads(WithEndpoint(), Env::FromMap({{"GOOGLE_APPLICATION_CREDENTIALS", root_ / "user.json"}, {"COLDSTART_METADATA", "off"}}));
+}
+
+TEST_F(RemoteAuthTest, GcloudApplicationDefaultCredentials) {
+  fs::create_directories(root_ / "gcloud");
+  fs::copy_file(root_ / "user.json", root_ / "gcloud/application_default_credentials.json");
+  ExpectLoads(WithEndpoint(), Env::FromMap({{"CLOUDSDK_CONFIG", root_ / "gcloud"}, {"COLDSTART_METADATA", "off"}}));
+}
+
+TEST_F(RemoteAuthTest, MetadataServer) {
+  std::string host = server_->endpoint().substr(7);  // 127.0.0.1:PORT
+  ExpectLoads(WithEndpoint(), Env::FromMap({{"GCE_METADATA_HOST", host}, {"CLOUDSDK_CONFIG", root_ / "none"}}));
+}
+
+TEST_F(RemoteAuthTest, AnonymousIsRefusedWith401AndNoSecretInTheMessage) {
+  auto o = WithEndpoint();
+  o.auth.anonymous = true;
+  auto s = Session("gs://bkt/models/m", o, Env::FromMap({{"COLDSTART_METADATA", "off"}}));
+  auto files = s->List();
+  ASSERT_FALSE(files.ok());
+  EXPECT_EQ(files.error().code, Errc::kPermissionDenied);
+  EXPECT_EQ(files.error().http_status, 401);
+  EXPECT_EQ(files.error().message.find("secret-token-123"), std::string::npos);
+}
+
+// A server that ignores Range (200 with the whole body) or answers with a Content-Range that
+// starts before what was asked: bytes must still land in the right places.
+TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
+  std::string body(3 << 20, '\0');
+  std::mt19937_64 rng(5);
+  for (auto& c : body) c = static_cast<char>(rng());
+  httplib::Server svr;
+  // httplib applies Range itself unless the request's parsed ranges are dropped.
+  auto no_ranges = [](const httplib::Request& req) { const_cast<httplib::Request&>(req).ranges.clear(); };
+  svr.Get("/full", [&](const httplib::Request& req, httplib::Response& res) {
+    no_ranges(req);
+    res.set_content(body, "application/octet-stream");
+  });
+  svr.Get("/shifted", [&](const httplib::Request& req, httplib::Response& res) {
+    // Serve from 4 KiB below the requested start (some CDNs align ranges).
+    no_ranges(req);
+    auto r = req.get_header_value("Range");
+    std::uint64_t a = std::stoull(r.substr(6, r.find('-') - 6)), b = std::stoull(r.substr(r.find('-') + 1));
+    std::uint64_t start = a >= 4096 ? a - 4096 : 0;
+    res.status = 206;
+    res.set_header("Content-Range", "bytes " + std::to_string(start) + "-" + std::to_string(b) + "/" + std::to_string(body.size()));
+    res.set_content(body.substr(start, b - start + 1), "application/octet-stream");
+  });
+  int port = svr.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { svr.listen_after_bind(); });
+  struct Joiner {
+    httplib::Server& s;
+    std::thread& t;
+    ~Joiner() {
+      s.stop();
+      t.join();
+    }
+  } joiner{svr, t};
+  while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (const char* path : {"/full", "/shifted"}) {
+    fetch::RemoteObject obj{path, "http://127.0.0.1:" + std::to_string(port) + path, body.size(), 0};
+    fetch::FetchOptions fo;
+    fo.chunk_bytes = 300000;
+    fo.concurrency = 4;
+    auto ranges = fetch::ChunkObjects(std::span(&obj, 1), fo.chunk_bytes);
+    std::string out(body.size(), '\0');
+    std::vector<std::uint32_t> crcs(ranges.size());
+    fetch::FetchCallbacks cb;
+    cb.acquire = [&](std::size_t i) { return reinterpret_cast<std::byte*>(out.data() + ranges[i].offset); };
+    cb.done = [&](std::size_t i, std::byte*, std::uint32_t crc) { crcs[i] = crc; return OkStatus(); };
+    fetch::FetchStats st;
+    auto s = fetch::RangeFetcher(fo).Fetch(std::span(&obj, 1), ranges, cb, &st);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_TRUE(out == body) << path;
+    EXPECT_GT(st.discarded_bytes, 0u) << path;
+    for (std::size_t i = 0; i < ranges.size(); ++i)
+      EXPECT_EQ(crcs[i], fetch::Crc32c(body.data() + ranges[i].offset, ranges[i].length));
+  }
+}
+
+}  // namespace
+}  // namespace coldstart::loader
