@@ -19,26 +19,20 @@
 #include "coldstart/fetch/crc32c.h"  // Base64UrlEncode
 #include "coldstart/fetch/url.h"
 
+#include "handles.h"
+
 namespace coldstart::fetch {
 namespace {
+
+using detail::BioPtr;
+using detail::MdCtxPtr;
+using detail::PkeyPtr;
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 // ---- small RAII owners -------------------------------------------------------------------
 
-struct PkeyDeleter {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
-struct BioDeleter {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-using BioPtr = std::unique_ptr<BIO, BioDeleter>;
-struct MdCtxDeleter {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
 
 // Overwrites a secret before its memory is released, so it does not linger in freed heap
 // pages (core dumps, later allocations).

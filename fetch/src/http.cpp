@@ -14,18 +14,14 @@
 #define COLDSTART_VERSION_STRING "0.0.0"
 #endif
 
+#include "handles.h"
+
 namespace coldstart::fetch {
 namespace {
 
-struct EasyDeleter {
-  void operator()(CURL* h) const { curl_easy_cleanup(h); }
-};
-using EasyPtr = std::unique_ptr<CURL, EasyDeleter>;
+using detail::EasyPtr;
+using detail::SlistPtr;
 
-struct SlistDeleter {
-  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
-};
-using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
 
 std::string ToLower(std::string_view s) {
   std::string out(s);

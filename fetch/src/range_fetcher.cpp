@@ -17,23 +17,17 @@
 #include "coldstart/fetch/crc32c.h"
 #include "coldstart/fetch/http.h"
 
+#include "handles.h"
+
 namespace coldstart::fetch {
 namespace {
 
+using detail::EasyPtr;
+using detail::MultiPtr;
+using detail::SlistPtr;
+
 using Clock = std::chrono::steady_clock;
 
-struct EasyDeleter {
-  void operator()(CURL* h) const { curl_easy_cleanup(h); }
-};
-using EasyPtr = std::unique_ptr<CURL, EasyDeleter>;
-struct MultiDeleter {
-  void operator()(CURLM* m) const { curl_multi_cleanup(m); }
-};
-using MultiPtr = std::unique_ptr<CURLM, MultiDeleter>;
-struct SlistDeleter {
-  void operator()(curl_slist* s) const { curl_slist_free_all(s); }
-};
-using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
 
 // Shared by the fetch threads of one Fetch() call.
 struct Job {

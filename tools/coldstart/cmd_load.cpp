@@ -155,13 +155,21 @@ int RunLoad(const LoadArgs& args) {
       std::printf("%s  %s\n", digests[i].c_str(), names[i].entry->name.c_str());
   std::size_t raw = 0;
   for (bool r : torch.raw_bytes) raw += r;
-  std::printf("loaded %zu tensors (%s) from %zu file%s to %s in %.3f s: %s [%s x%u, %.0f%% O_DIRECT]%s\n",
-              names.size(), FormatBytes(bytes).c_str(), model->layout().files.size(),
-              model->layout().files.size() == 1 ? "" : "s", args.device.c_str(), seconds,
-              FormatRate(seconds > 0 ? bytes / seconds : 0).c_str(), st.read.engine.c_str(), st.read.threads,
-              bytes > 0 ? 100.0 * static_cast<double>(st.read.direct_bytes) / bytes : 0.0,
-              raw ? (" (" + std::to_string(raw) + " tensors as raw bytes: dtype missing in " +
-                     torch.torch_version + ")").c_str()
+  std::string how;
+  if (remote) {
+    how = "http: " + std::to_string(remote_stats.fetch.requests) + " ranged GETs, " +
+          std::to_string(remote_stats.fetch.retries) + " retries, " +
+          (remote_stats.verified_crc32c ? "CRC32C verified" : "no CRC32C on the server");
+  } else {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%s x%u, %.0f%% O_DIRECT", st.read.engine.c_str(), st.read.threads,
+                  bytes > 0 ? 100.0 * static_cast<double>(st.read.direct_bytes) / bytes : 0.0);
+    how = buf;
+  }
+  std::printf("loaded %zu tensors (%s) from %zu file%s to %s in %.3f s: %s [%s]%s\n", names.size(),
+              FormatBytes(bytes).c_str(), model->layout().files.size(), model->layout().files.size() == 1 ? "" : "s",
+              args.device.c_str(), seconds, FormatRate(seconds > 0 ? bytes / seconds : 0).c_str(), how.c_str(),
+              raw ? (" (" + std::to_string(raw) + " tensors as raw bytes: dtype missing in " + torch.torch_version + ")").c_str()
                   : "");
   return 0;
 }
