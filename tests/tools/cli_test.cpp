@@ -119,3 +119,78 @@ TEST(Cli, TruncatedShardFailsLoadButInspectSeesNothingWrongWithHeaders) {
 }
 
 }  // namespace
+
+// ---- remote sources through the CLI, against the fake GCS server on loopback ----
+
+#include "coldstart/fake_gcs/server.h"
+
+namespace {
+
+class CliRemote : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(Exec("synth " + (root_ / "bkt/m") + " --size 2MiB --shards 2 --seed 4").code, 0);
+    coldstart::fakegcs::ServerOptions o;
+    o.root = root_.path();
+    auto s = coldstart::fakegcs::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    server_ = std::move(s).value();
+    env_ = "STORAGE_EMULATOR_HOST=" + server_->endpoint() + " COLDSTART_METADATA=off COLDSTART_RETRY_INITIAL=0.01";
+  }
+  TempDir root_, out_;
+  std::unique_ptr<coldstart::fakegcs::Server> server_;
+  std::string env_;
+};
+
+TEST_F(CliRemote, PrefetchInspectLoadThroughGs) {
+  auto p = Exec("prefetch gs://bkt/m " + (out_ / "m") + " --json", env_);
+  ASSERT_EQ(p.code, 0) << p.err;
+  auto j = nlohmann::json::parse(p.out);
+  EXPECT_EQ(j["files"], 4);  // 2 shards, index, config
+  EXPECT_EQ(j["verified_crc32c"], 4);
+  for (const char* k : {"files", "bytes", "seconds", "gb_per_s", "retries"}) EXPECT_TRUE(j.contains(k)) << k;
+  EXPECT_EQ(coldstart::testing::ReadFile(out_ / "m/model-00002-of-00002.safetensors"),
+            coldstart::testing::ReadFile(root_ / "bkt/m/model-00002-of-00002.safetensors"));
+  auto again = Exec("prefetch gs://bkt/m " + (out_ / "m") + " --json", env_);
+  ASSERT_EQ(again.code, 0);
+  EXPECT_EQ(nlohmann::json::parse(again.out)["skipped"], 4);
+  auto i = Exec("inspect gs://bkt/m --json", env_);
+  ASSERT_EQ(i.code, 0) << i.err;
+  auto l = Exec("load gs://bkt/m --digest sha256 --json --no-torch", env_);
+  ASSERT_EQ(l.code, 0) << l.err;
+  auto local = Exec("load " + (out_ / "m") + " --digest sha256 --json --no-torch");
+  ASSERT_EQ(local.code, 0);
+  EXPECT_EQ(nlohmann::json::parse(l.out)["tensors"], nlohmann::json::parse(local.out)["tensors"]);
+  EXPECT_TRUE(nlohmann::json::parse(l.out)["network"]["crc32c_verified"].get<bool>());
+  auto a = Exec("auth gs://bkt", env_);
+  EXPECT_EQ(a.code, 0);
+  EXPECT_NE(a.out.find("anonymous"), std::string::npos) << a.out;
+}
+
+TEST_F(CliRemote, ErrorsAreOneLineWithTheRightExitCode) {
+  auto missing = Exec("prefetch gs://bkt/nope " + (out_ / "x"), env_);
+  EXPECT_EQ(missing.code, 3) << missing.err;
+  EXPECT_EQ(Lines(missing.err), 1) << missing.err;
+  EXPECT_NE(missing.err.find("gs://bkt/nope"), std::string::npos);
+  auto local = Exec("prefetch /tmp " + (out_ / "x"), env_);
+  EXPECT_EQ(local.code, 2);
+  auto bad_bucket = Exec("prefetch gs://Bad_Bucket/x " + (out_ / "x"), env_);
+  EXPECT_EQ(bad_bucket.code, 2) << bad_bucket.err;
+  auto bad_header = Exec("prefetch gs://bkt/m " + (out_ / "x") + " --header nocolon", env_);
+  EXPECT_EQ(bad_header.code, 2);
+  coldstart::fakegcs::FaultSpec f;
+  f.kind = coldstart::fakegcs::FaultSpec::Kind::kCorrupt;
+  f.after_bytes = 200000;  // in the data section: the header stays readable
+  f.count = 0;
+  f.object_glob = "bkt/m/model-00001-of-00002.safetensors";
+  server_->AddFault(f);
+  auto corrupt = Exec("prefetch gs://bkt/m " + (out_ / "c"), env_);
+  EXPECT_EQ(corrupt.code, 5) << corrupt.err;
+  EXPECT_EQ(Lines(corrupt.err), 1) << corrupt.err;
+  EXPECT_NE(corrupt.err.find("CRC32C mismatch"), std::string::npos) << corrupt.err;
+  EXPECT_FALSE(std::filesystem::exists(out_ / "c/model-00001-of-00002.safetensors"));
+  auto load = Exec("load gs://bkt/m --no-torch", env_);
+  EXPECT_EQ(load.code, 5) << load.err;
+}
+
+}  // namespace
