@@ -83,6 +83,15 @@ constexpr std::array kVars = {
     EnvVarInfo{"COLDSTART_PREFETCH_FSYNC", "1",
                "fdatasync each prefetched file before renaming it into place (crash-safe). "
                "Writeback starts per range, so this costs little on local SSDs."},
+    // loader/: device streaming
+    EnvVarInfo{"COLDSTART_STAGING_BYTES", "0",
+               "Staging budget for --device cuda/sim; 0 = 1/8 of available memory, at most 2 GiB. "
+               "Host memory of a device load stays within it plus ~128 MiB whatever the model."},
+    EnvVarInfo{"COLDSTART_SIM_BANDWIDTH", "25GB",
+               "Copy bandwidth of the stand-in device in bytes/s (PCIe 4.0 x16 pinned ~25 GB/s)."},
+    EnvVarInfo{"COLDSTART_CUDA_STREAMS", "4",
+               "CUDA streams (copies in flight) for --device cuda, 1 to 64. 4 keeps the copy "
+               "engine busy while completions are reported and conversion kernels run."},
     // loader/
     EnvVarInfo{"COLDSTART_HUGE_PAGES", "1",
                "Ask for transparent huge pages on the host arena: a 2 GiB model takes 1024 page "

@@ -1,5 +1,6 @@
 #include "coldstart/runtime/state_dict.h"
 
+#include <ATen/Context.h>
 #include <ATen/Functions.h>
 #include <torch/version.h>
 
@@ -63,6 +64,42 @@ StateDict ToStateDict(std::shared_ptr<const loader::HostModel> host) {
     } else {
       nt.raw_bytes = true;
       nt.tensor = at::from_blob(ht.data, {static_cast<std::int64_t>(e.nbytes)}, deleter, opts.dtype(at::kByte));
+    }
+    sd.tensors_.push_back(std::move(nt));
+  }
+  return sd;
+}
+
+StateDict ToStateDict(std::shared_ptr<const loader::DeviceModel> model) {
+  StateDict sd;
+  sd.device_ = model;
+  const bool cuda = model->device().kind == loader::DeviceKind::kCuda;
+  const bool zero_copy_cuda = cuda && at::hasCUDA();
+  if (!cuda) {
+    std::byte probe{};
+    if (auto st = model->engine().ReadBack(model->tensors().empty() ? 0 : model->tensors().front().data, 0, &probe); !st.ok())
+      throw LoadError(std::move(st).error());  // e.g. the sim device discarded the bytes
+  }
+  for (const auto& t : model->tensors()) {
+    NamedTensor nt;
+    nt.name = t.entry->name;
+    nt.dtype = t.dtype;
+    for (auto d : t.entry->shape) nt.shape.push_back(static_cast<std::int64_t>(d));
+    auto st = TorchDType(t.dtype);
+    std::vector<std::int64_t> sizes = st ? nt.shape : std::vector<std::int64_t>{static_cast<std::int64_t>(t.nbytes)};
+    nt.raw_bytes = !st;
+    auto opts = at::TensorOptions().dtype(st ? *st : at::kByte);
+    if (zero_copy_cuda) {
+      auto keep = model;
+      nt.tensor = at::from_blob(reinterpret_cast<void*>(t.data), sizes, [keep](void*) mutable { keep.reset(); },
+                                opts.device(at::Device(at::kCUDA, static_cast<at::DeviceIndex>(model->device().index))));
+    } else if (cuda) {
+      nt.tensor = at::empty(sizes, opts);
+      auto s = model->ReadBack(t, static_cast<std::byte*>(nt.tensor.data_ptr()));
+      if (!s.ok()) throw LoadError(std::move(s).error());
+    } else {
+      auto keep = model;
+      nt.tensor = at::from_blob(reinterpret_cast<void*>(t.data), sizes, [keep](void*) mutable { keep.reset(); }, opts);
     }
     sd.tensors_.push_back(std::move(nt));
   }

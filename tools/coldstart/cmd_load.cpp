@@ -11,12 +11,14 @@
 #include "coldstart/fetch/hash.h"
 #include "torch_plugin.h"
 #include "commands.h"
+#include "coldstart/loader/copy_engine.h"
 #include "coldstart/loader/remote_loader.h"
 #include "options.h"
 
 namespace coldstart::cli {
 
 std::string ShapeText(const std::vector<std::uint64_t>& shape);
+int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device);
 
 namespace {
 
@@ -51,10 +53,9 @@ std::vector<std::string> DigestAll(const loader::HostModel& model, const std::ve
 
 int RunLoad(const LoadArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
-  if (args.device != "cpu") {
-    return ReportError(MakeError(Errc::kInvalidArgument,
-                                 "--device " + args.device + " is not supported yet; use --device cpu"));
-  }
+  auto device = loader::ParseDevice(args.device);
+  if (!device.ok()) return ReportError(device.error());
+  if (device->kind != loader::DeviceKind::kCpu) return RunDeviceLoad(args, *device);
   auto opts = MakeHostLoadOptions(args.read);
   if (!opts.ok()) return ReportError(opts.error());
   auto mode = ParseProgressMode(args.read.progress);

@@ -41,6 +41,13 @@ struct LoadArgs {
   bool torch = true;   // wrap as torch::Tensors through the libtorch plugin
   ReadFlags read;
   RemoteFlags remote;
+  // Device streaming (--device cuda[:N] | sim).
+  std::string staging_bytes;          // --staging-bytes
+  std::string sim_bandwidth;          // --sim-bandwidth (bytes per second, e.g. 12GB)
+  bool sim_discard = false;           // --sim-discard
+  std::vector<std::string> only;      // --only GLOB (tensor names)
+  std::string order = "file";         // --order
+  std::string convert = "none";       // --convert none|f16|f32 (BF16 tensors)
 };
 
 struct SynthArgs {

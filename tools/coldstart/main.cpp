@@ -44,7 +44,13 @@ int main(int argc, char** argv) {
   LoadArgs load;
   auto* cl = app.add_subcommand("load", "Load every tensor into memory and report bytes, seconds and GB/s");
   cl->add_option("source", load.source, "A .safetensors file, a model folder, gs://BUCKET/PREFIX or an http(s) URL")->required();
-  cl->add_option("--device", load.device, "Where tensors go: cpu")->capture_default_str();
+  cl->add_option("--device", load.device, "Where tensors go: cpu, cuda, cuda:N, or sim (the stand-in device)")->capture_default_str();
+  cl->add_option("--staging-bytes", load.staging_bytes, "Staging budget for device loads, e.g. 1GiB (default: 1/8 of free memory, at most 2 GiB; env COLDSTART_STAGING_BYTES)");
+  cl->add_option("--sim-bandwidth", load.sim_bandwidth, "Copy bandwidth of --device sim in bytes/s, e.g. 12GB (default 25 GB/s; env COLDSTART_SIM_BANDWIDTH)");
+  cl->add_flag("--sim-discard", load.sim_discard, "--device sim checksums and discards bytes (models larger than RAM)");
+  cl->add_option("--only", load.only, "Load only tensors whose name matches this glob (repeatable)");
+  cl->add_option("--order", load.order, "Fetch order for device loads: file | largest | layer")->capture_default_str();
+  cl->add_option("--convert", load.convert, "Convert BF16 tensors on the device: none | f16 | f32")->capture_default_str();
   cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
   cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
   cl->add_flag("!--no-torch", load.torch, "Stop at host memory: do not load libtorch or make torch::Tensors");

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "coldstart/loader/device_loader.h"
 #include "coldstart/loader/host_loader.h"
 
 namespace coldstart::runtime {
@@ -41,10 +42,18 @@ class StateDict {
   const std::vector<NamedTensor>& tensors() const { return tensors_; }
   const NamedTensor* Find(const std::string& name) const;
   const std::shared_ptr<const loader::HostModel>& host() const { return host_; }
+  const std::shared_ptr<const loader::DeviceModel>& device() const { return device_; }
 
  private:
   friend StateDict ToStateDict(std::shared_ptr<const loader::HostModel> host);
+// A device load as torch::Tensors: CUDA tensors over the model's device memory when this
+// libtorch has CUDA (zero-copy; each keeps the model alive); CPU tensors over the stand-in
+// device's memory; for a CUDA model with a CPU-only libtorch (Debian's), CPU tensors read
+// back from the device (one copy, so the model is usable; say so in logs). Throws LoadError.
+StateDict ToStateDict(std::shared_ptr<const loader::DeviceModel> model);
+  friend StateDict ToStateDict(std::shared_ptr<const loader::DeviceModel> model);
   std::shared_ptr<const loader::HostModel> host_;
+  std::shared_ptr<const loader::DeviceModel> device_;
   std::vector<NamedTensor> tensors_;
 };
 
@@ -52,6 +61,11 @@ class StateDict {
 std::optional<c10::ScalarType> TorchDType(loader::DType dtype);
 
 StateDict ToStateDict(std::shared_ptr<const loader::HostModel> host);
+// A device load as torch::Tensors: CUDA tensors over the model's device memory when this
+// libtorch has CUDA (zero-copy; each keeps the model alive); CPU tensors over the stand-in
+// device's memory; for a CUDA model with a CPU-only libtorch (Debian's), CPU tensors read
+// back from the device (one copy, so the model is usable; say so in logs). Throws LoadError.
+StateDict ToStateDict(std::shared_ptr<const loader::DeviceModel> model);
 // OpenLocalModel + LoadToHost + ToStateDict; throws LoadError.
 StateDict LoadStateDict(const std::string& path, const loader::HostLoadOptions& options = {});
 

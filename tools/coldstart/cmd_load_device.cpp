@@ -1,0 +1,171 @@
+// `coldstart load --device cuda[:N]|sim`: the streaming pipeline (loader/device_loader.h).
+#include <fnmatch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli.h"
+#include "coldstart/fetch/hash.h"
+#include "coldstart/loader/device_loader.h"
+#include "commands.h"
+#include "options.h"
+#include "torch_plugin.h"
+
+namespace coldstart::cli {
+
+namespace {
+
+Result<loader::DeviceLoadOptions> MakeDeviceOptions(const LoadArgs& args, const loader::DeviceSpec& device) {
+  loader::DeviceLoadOptions o;
+  const Env env = Env::FromProcess();
+  CS_RETURN_IF_ERROR(env.Validate());
+  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
+  CS_ASSIGN_OR_RETURN(auto host, MakeHostLoadOptions(args.read));
+  o.read = host.read;
+  o.device = device;
+  if (!args.staging_bytes.empty()) {
+    auto b = ParseBytes(args.staging_bytes);
+    if (!b.ok()) return std::move(b).error().WithContext("--staging-bytes");
+    o.staging_bytes = *b;
+  }
+  if (!args.sim_bandwidth.empty()) {
+    auto b = ParseBytes(args.sim_bandwidth);
+    if (!b.ok() || *b == 0) return MakeError(Errc::kInvalidArgument, "--sim-bandwidth: '" + args.sim_bandwidth + "' is not a positive rate in bytes/s");
+    o.sim.bytes_per_second = static_cast<double>(*b);
+  }
+  o.sim.keep_bytes = !args.sim_discard;
+  if (args.sim_discard && device.kind != loader::DeviceKind::kSim)
+    return MakeError(Errc::kInvalidArgument, "--sim-discard only applies to --device sim");
+  CS_ASSIGN_OR_RETURN(o.order, loader::ParseLoadOrder(args.order));
+  if (args.convert == "f16") o.bf16_conversion = loader::Conversion::kBf16ToF16;
+  else if (args.convert == "f32") o.bf16_conversion = loader::Conversion::kBf16ToF32;
+  else if (args.convert != "none")
+    return MakeError(Errc::kInvalidArgument, "--convert '" + args.convert + "' is not one of none, f16, f32");
+  if (!args.only.empty()) {
+    auto globs = args.only;
+    o.filter = [globs](const std::string& name) {
+      for (const auto& g : globs)
+        if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
+      return false;
+    };
+  }
+  return o;
+}
+
+// SHA-256 of each tensor's bytes in device memory (read back), spread over the cores.
+Result<std::vector<std::string>> DeviceDigests(const loader::DeviceModel& m) {
+  const auto& ts = m.tensors();
+  std::vector<std::string> out(ts.size());
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  std::optional<Error> err;
+  auto work = [&] {
+    std::vector<std::byte> buf;
+    for (std::size_t i; (i = next.fetch_add(1)) < ts.size();) {
+      buf.resize(ts[i].nbytes);
+      auto st = m.ReadBack(ts[i], buf.data());
+      if (!st.ok()) {
+        std::lock_guard lk(mu);
+        if (!err) err = std::move(st).error();
+        return;
+      }
+      out[i] = fetch::Sha256Hex(buf);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < std::min(8u, std::max(1u, std::thread::hardware_concurrency())); ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (err) return *err;
+  return out;
+}
+
+}  // namespace
+
+int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto opts = MakeDeviceOptions(args, device);
+  if (!opts.ok()) return ReportError(opts.error());
+  if (!args.digest.empty() && args.sim_discard)
+    return ReportError(MakeError(Errc::kInvalidArgument, "--digest needs the bytes: drop --sim-discard"));
+  auto mode = ParseProgressMode(args.read.progress);
+  if (!mode.ok()) return ReportError(mode.error());
+  auto source = fetch::ParseSource(args.source);
+  if (!source.ok()) return ReportError(source.error());
+  ProgressPrinter bar(*mode, "load " + device.ToString());
+  opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
+    bar.Update(done, total);
+    return true;
+  };
+  std::atomic<std::uint64_t> ready{0};
+  opts->on_ready = [&ready](const loader::DeviceTensor&) { ready.fetch_add(1); };
+  Result<std::shared_ptr<loader::DeviceModel>> model = MakeError(Errc::kInternal, "unset");
+  if (source->kind == fetch::SourceKind::kLocal) {
+    auto layout = loader::OpenLocalModel(args.source);
+    if (!layout.ok()) return ReportError(layout.error());
+    model = loader::LoadLocalToDevice(std::move(layout).value(), *opts);
+  } else {
+    auto session = OpenRemote(*source, args.remote);
+    if (!session.ok()) return ReportError(session.error());
+    auto rm = loader::OpenRemoteModel(*session);
+    if (!rm.ok()) return ReportError(rm.error());
+    model = loader::LoadRemoteToDevice(std::move(rm).value(), *opts);
+  }
+  bar.Finish();
+  if (!model.ok()) return ReportError(model.error());
+  const auto& m = **model;
+  const auto& s = m.stats();
+  const double total = SecondsSince(t0);
+  std::vector<std::string> digests;
+  if (!args.digest.empty()) {
+    auto d = DeviceDigests(m);
+    if (!d.ok()) return ReportError(d.error());
+    digests = std::move(d).value();
+  }
+  auto rate = [](double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0.0; };
+  if (args.json) {
+    nlohmann::ordered_json j;
+    j["source"] = args.source;
+    j["device"] = device.ToString();
+    j["engine"] = s.engine;
+    j["bytes"] = s.fetch_bytes;
+    j["seconds"] = total;
+    j["gb_per_s"] = rate(static_cast<double>(s.fetch_bytes), total);
+    j["phases"] = {{"first_byte_seconds", s.first_byte_seconds},
+                   {"fetch_seconds", s.fetch_seconds},
+                   {"fetch_bytes", s.fetch_bytes},
+                   {"fetch_gb_per_s", rate(static_cast<double>(s.fetch_bytes), s.fetch_seconds)},
+                   {"h2d_seconds", s.h2d_seconds},
+                   {"h2d_bytes", s.h2d_bytes},
+                   {"h2d_gb_per_s", rate(static_cast<double>(s.h2d_bytes), s.h2d_seconds)},
+                   {"total_seconds", s.total_seconds}};
+    j["staging"] = {{"budget_bytes", s.staging_budget}, {"peak_bytes", s.peak_staging_bytes},
+                    {"chunk_bytes", s.chunk_bytes}, {"copies", s.copies}};
+    j["crc32c_verified"] = s.crc32c_verified;
+    j["tensors_ready"] = ready.load();
+    auto& arr = j["tensors"] = nlohmann::ordered_json::array();
+    for (std::size_t i = 0; i < m.tensors().size(); ++i) {
+      const auto& t = m.tensors()[i];
+      nlohmann::ordered_json row{{"name", t.entry->name}, {"dtype", loader::DTypeName(t.dtype)}, {"shape", t.entry->shape}};
+      if (t.dtype != t.entry->dtype) row["source_dtype"] = loader::DTypeName(t.entry->dtype);
+      if (!digests.empty()) row["sha256"] = digests[i];
+      arr.push_back(std::move(row));
+    }
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  for (std::size_t i = 0; i < digests.size(); ++i)
+    std::printf("%s  %s\n", digests[i].c_str(), m.tensors()[i].entry->name.c_str());
+  std::printf("loaded %zu tensors (%s) to %s in %.3f s: fetch %.2f GB/s, host-to-device %.2f GB/s, first byte after %.3f s, "
+              "peak staging %s of %s [%s]\n",
+              m.tensors().size(), FormatBytes(static_cast<double>(s.fetch_bytes)).c_str(), device.ToString().c_str(), total,
+              rate(static_cast<double>(s.fetch_bytes), s.fetch_seconds), rate(static_cast<double>(s.h2d_bytes), s.h2d_seconds),
+              s.first_byte_seconds, FormatBytes(static_cast<double>(s.peak_staging_bytes)).c_str(),
+              FormatBytes(static_cast<double>(s.staging_budget)).c_str(), s.engine.c_str());
+  return 0;
+}
+
+}  // namespace coldstart::cli
