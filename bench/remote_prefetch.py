@@ -83,7 +83,8 @@ def main():
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--cap", type=int, default=50_000_000, help="per-connection bytes/s (nginx limit_rate)")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=32, help="coldstart's concurrency judged against the targets")
+    ap.add_argument("--extra-concurrency", default="", help="more coldstart rows, e.g. 32,64")
     ap.add_argument("--rclone-streams", default="4,8,16")
     ap.add_argument("--dir", default="/tmp/coldstart-bench-remote")
     ap.add_argument("--json", default="")
@@ -93,7 +94,7 @@ def main():
             sys.exit(f"{tool} is missing: run tools/setup.sh --bench")
     os.makedirs(a.dir, exist_ok=True)
     docroot = os.path.join(a.dir, "www")
-    model = os.path.join(docroot, "model")
+    model = os.path.join(docroot, "model-" + a.size)
     if not os.path.exists(os.path.join(model, "config.json")):
         subprocess.run([CS, "synth", model, "--preset", "gemma-3-1b", "--size", a.size, "--shards", "4", "--seed", "2"],
                        check=True)
@@ -101,7 +102,7 @@ def main():
     total = sum(os.path.getsize(os.path.join(model, f)) for f in files)
     work = tempfile.mkdtemp(prefix="nginx-", dir=a.dir)
     ngx, ports = start_nginx(work, docroot, a.cap)
-    base = {k: f"http://127.0.0.1:{p}/model/" for k, p in ports.items()}
+    base = {k: f"http://127.0.0.1:{p}/model-{a.size}/" for k, p in ports.items()}
     dest_root = os.path.join(a.dir, "dest")
     urls_file = os.path.join(work, "urls.txt")
     with open(urls_file, "w") as f:
@@ -125,6 +126,9 @@ def main():
             "--multi-thread-cutoff", "1M", "--transfers", "4", "--checkers", "4"])(n)
     tools[f"coldstart prefetch (c={a.concurrency})"] = lambda d: [
         CS, "prefetch", base["capped"], d, "--json", "--progress", "off", "--concurrency", str(a.concurrency)]
+    for c in filter(None, a.extra_concurrency.split(",")):
+        tools[f"coldstart prefetch (c={c})"] = (lambda c: lambda d: [
+            CS, "prefetch", base["capped"], d, "--json", "--progress", "off", "--concurrency", c])(c)
     tools["coldstart prefetch, uncapped"] = lambda d: [
         CS, "prefetch", base["uncapped"], d, "--json", "--progress", "off", "--concurrency", str(a.concurrency)]
 

@@ -31,9 +31,10 @@ constexpr std::array kVars = {
                "I/O threads for local reads; 0 = one per core, at most 8. Warm page-cache reads "
                "are memory copies done by the submitting thread, so they scale with threads."},
     // fetch/: remote ranged reads
-    EnvVarInfo{"COLDSTART_CONCURRENCY", "16",
-               "Ranged GETs in flight. GCS serves each connection at tens of MB/s, so 16 "
-               "connections fill ~1 GB/s links; more only helps faster NICs."},
+    EnvVarInfo{"COLDSTART_CONCURRENCY", "32",
+               "Ranged GETs in flight. Cloud storage serves each connection at tens of MB/s; "
+               "with a 50 MB/s cap, 32 connections reached 1.43 GB/s of a 2-core machine's "
+               "~2.2 GB/s (bench/RESULTS.md), 64 gained little and cost CPU."},
     EnvVarInfo{"COLDSTART_FETCH_THREADS", "0",
                "Threads driving the curl multi handles; 0 = one per core, at most 4."},
     EnvVarInfo{"COLDSTART_CHUNK", "16MiB",
@@ -80,9 +81,10 @@ constexpr std::array kVars = {
     EnvVarInfo{"COLDSTART_STALL_TIMEOUT", "20s",
                "A transfer that receives no bytes for this long is abandoned and retried: "
                "faster than waiting for TCP to notice a dead connection."},
-    EnvVarInfo{"COLDSTART_PREFETCH_FSYNC", "1",
-               "fdatasync each prefetched file before renaming it into place (crash-safe). "
-               "Writeback starts per range, so this costs little on local SSDs."},
+    EnvVarInfo{"COLDSTART_PREFETCH_FSYNC", "0",
+               "1 = fdatasync each prefetched file before renaming it (survives power loss). Off "
+               "by default: it doubled a 1 GiB prefetch's time here, and a re-run re-verifies "
+               "every present file's CRC32C, so a torn file is fetched again."},
     // loader/: device streaming
     EnvVarInfo{"COLDSTART_STAGING_BYTES", "0",
                "Staging budget for --device cuda/sim; 0 = 1/8 of available memory, at most 2 GiB. "
@@ -97,7 +99,8 @@ constexpr std::array kVars = {
                "Ask for transparent huge pages on the host arena: a 2 GiB model takes 1024 page "
                "faults instead of 524288."},
     EnvVarInfo{"COLDSTART_PROGRESS", "auto",
-               "auto|bar|json|off. auto draws a bar on a TTY and nothing otherwise."},
+               "auto|bar|json|off: what --progress auto means. auto draws a bar on a TTY and nothing "
+               "otherwise; json writes one JSON line a second to stderr (container logs)."},
 };
 
 constexpr std::string_view kPrefix = "COLDSTART_";

@@ -136,6 +136,16 @@ TEST_F(RemoteTest, PrefetchCopiesVerifiesAndResumes) {
   ExpectSameFolder(dest.path());
 }
 
+TEST_F(RemoteTest, PrefetchWithFsync) {
+  TempDir dest;
+  PrefetchOptions po;
+  po.fsync = true;
+  auto r = Prefetch(*Emulated(), dest.path(), po);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->files, 5u);
+  ExpectSameFolder(dest.path());
+}
+
 TEST_F(RemoteTest, IncludeExcludeGlobs) {
   TempDir dest;
   auto s = Emulated();

@@ -58,6 +58,13 @@ std::string FormatRate(double bps) {
 
 ProgressPrinter::ProgressPrinter(ProgressMode mode, std::string what)
     : mode_(mode), what_(std::move(what)), start_(std::chrono::steady_clock::now()), last_(start_) {
+  if (mode_ == ProgressMode::kAuto) {
+    // COLDSTART_PROGRESS decides what --progress auto means (e.g. json in a container log).
+    if (auto v = Env::FromProcess().Get("COLDSTART_PROGRESS")) {
+      auto m = ParseProgressMode(*v);
+      if (m.ok()) mode_ = *m;
+    }
+  }
   if (mode_ == ProgressMode::kAuto) mode_ = ::isatty(STDERR_FILENO) ? ProgressMode::kBar : ProgressMode::kOff;
 }
 

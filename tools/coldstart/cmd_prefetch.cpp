@@ -22,7 +22,7 @@ int RunPrefetch(const PrefetchArgs& args) {
   if (auto st = o.ApplyEnv(Env::FromProcess()); !st.ok()) return ReportError(st.error());
   o.include = args.include;
   o.exclude = args.exclude;
-  o.fsync = !args.no_fsync;
+  if (args.fsync) o.fsync = true;
   ProgressPrinter bar(*mode, "prefetch");
   o.progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);

@@ -63,7 +63,7 @@ struct PrefetchArgs {
   std::string source, dest;
   std::vector<std::string> include, exclude;
   bool json = false;
-  bool no_fsync = false;
+  bool fsync = false;
   std::string progress = "auto";
   RemoteFlags remote;
 };

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "cli.h"
+#include "coldstart/env.h"
 #include "commands.h"
 
 namespace {
@@ -22,7 +23,7 @@ void AddRemoteFlags(CLI::App* cmd, coldstart::cli::RemoteFlags* f) {
   cmd->add_option("--access-token", f->access_token, "OAuth2 access token (env COLDSTART_ACCESS_TOKEN); never printed");
   cmd->add_flag("--anonymous", f->anonymous, "Send no credentials (public buckets)");
   cmd->add_option("--header", f->headers, "Extra request header 'Name: value' on every request (repeatable, like curl -H)");
-  cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 16; env COLDSTART_CONCURRENCY)");
+  cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 32; env COLDSTART_CONCURRENCY)");
   cmd->add_option("--remote-chunk", f->chunk, "Bytes per ranged GET, e.g. 16MiB (env COLDSTART_CHUNK)");
   cmd->add_flag("--http2", f->http2, "Use HTTP/2 (env COLDSTART_HTTP2); HTTP/1.1 connections are faster under per-connection caps");
 }
@@ -64,7 +65,7 @@ int main(int argc, char** argv) {
   cp->add_option("--include", prefetch.include, "Only names matching this glob (repeatable)");
   cp->add_option("--exclude", prefetch.exclude, "Skip names matching this glob (repeatable)");
   cp->add_flag("--json", prefetch.json, "Print a JSON summary {files, skipped, bytes, seconds, gb_per_s, retries}");
-  cp->add_flag("--no-fsync", prefetch.no_fsync, "Do not flush files before renaming them (faster, not crash-safe)");
+  cp->add_flag("--fsync", prefetch.fsync, "Flush each file before renaming it, to survive a power loss (env COLDSTART_PREFETCH_FSYNC)");
   cp->add_option("--progress", prefetch.progress, "auto|bar|json|off");
   AddRemoteFlags(cp, &prefetch.remote);
 
@@ -92,6 +93,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "coldstart: error: %s (see coldstart %s--help)\n", e.what(),
                  app.get_subcommands().empty() ? "" : (app.get_subcommands()[0]->get_name() + " ").c_str());
     return 2;
+  }
+  if (auto v = coldstart::Env::FromProcess().Get("COLDSTART_PROGRESS")) {
+    if (auto m = ParseProgressMode(*v); !m.ok()) return ReportError(std::move(m).error().WithContext("COLDSTART_PROGRESS"));
   }
   if (ci->parsed()) return RunInspect(inspect);
   if (cl->parsed()) return RunLoad(load);

@@ -33,7 +33,7 @@ struct FetchOptions {
   // Ranged GETs in flight across all threads (COLDSTART_CONCURRENCY). Cloud storage caps each
   // connection well below a VM's NIC (GCS: tens of MB/s per stream), so throughput scales with
   // connections until the NIC or CPU saturates.
-  unsigned concurrency = 16;
+  unsigned concurrency = 32;
   unsigned threads = 0;                   // COLDSTART_FETCH_THREADS; 0 = min(cores, 4)
   std::uint64_t chunk_bytes = 16ull << 20; // COLDSTART_CHUNK: bytes per ranged GET
   bool http2 = false;                     // COLDSTART_HTTP2: HTTP/2 multiplexes streams over
