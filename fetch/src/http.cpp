@@ -253,6 +253,7 @@ Result<HttpResponse> HttpClient::Send(const HttpRequest& r) {
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, Millis(impl_->opts.connect_timeout_s));
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, Millis(impl_->opts.timeout_s));
   if (impl_->opts.http_version != 0) curl_easy_setopt(h, CURLOPT_HTTP_VERSION, impl_->opts.http_version);
+  if (!impl_->opts.ca_file.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, impl_->opts.ca_file.c_str());
   // Let curl decode gzip/deflate/br bodies the server chooses to send (JSON listings compress well).
   curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
   if (r.follow_redirects) {

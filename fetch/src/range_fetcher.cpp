@@ -243,9 +243,15 @@ Status Prepare(Transfer* t, CURLM* multi) {
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, std::max(1L, static_cast<long>(o.retry.stall_timeout_s)));
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, o.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
+  // HTTP/2: negotiated by ALPN over TLS; over cleartext (emulators, loopback benchmarks) only
+  // with prior knowledge, since GCS-compatible servers do not offer h2c upgrades.
+  const bool cleartext = t->object().url.rfind("http://", 0) == 0;
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                   !o.http2 ? CURL_HTTP_VERSION_1_1
+                            : (cleartext ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_2TLS));
   curl_easy_setopt(e, CURLOPT_PIPEWAIT, o.http2 ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, nullptr);  // identity: ranges are of stored bytes
+  if (!o.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, o.ca_file.c_str());
   if (curl_multi_add_handle(multi, e) != CURLM_OK) return MakeError(Errc::kInternal, "curl_multi_add_handle failed");
   return OkStatus();
 }

@@ -1,5 +1,7 @@
 #include "coldstart/fetch/remote.h"
 
+#include <curl/curl.h>
+
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -66,7 +68,13 @@ Result<std::shared_ptr<RemoteSession>> RemoteSession::Open(const Source& source,
   } else {
     return MakeError(Errc::kInvalidArgument, source.original + " is a local path, not a remote source");
   }
-  s->http_ = std::make_unique<HttpClient>(options.http);
+  if (s->options_.fetch.http2 && s->options_.http.http_version == 0) {
+    // Same protocol for listing as for the ranged reads (cleartext h2 needs prior knowledge).
+    const std::string& base = source.kind == SourceKind::kGcs ? s->endpoint_.base : source.url;
+    s->options_.http.http_version =
+        base.rfind("http://", 0) == 0 ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_2TLS;
+  }
+  s->http_ = std::make_unique<HttpClient>(s->options_.http);
   s->options_.fetch.headers.insert(s->options_.fetch.headers.end(), options.http.extra_headers.begin(),
                                    options.http.extra_headers.end());
   if (s->options_.fetch.user_agent.empty()) s->options_.fetch.user_agent = options.http.user_agent;

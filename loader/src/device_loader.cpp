@@ -211,7 +211,16 @@ class DevicePipeline {
     const ModelLayout& m = model_->layout_;
     CS_ASSIGN_OR_RETURN(model_->engine_, MakeCopyEngine(o_));
     CS_ASSIGN_OR_RETURN(plan_, MakePlan(m, o_, chunk_bytes));
-    CS_ASSIGN_OR_RETURN(model_->memory_, model_->engine_->AllocateDevice(std::max<std::uint64_t>(plan_.device_bytes, 1)));
+    const std::uint64_t device_bytes = std::max<std::uint64_t>(plan_.device_bytes, 1);
+    if (o_.allocator) {
+      CS_ASSIGN_OR_RETURN(model_->memory_, o_.allocator(device_bytes));
+      if (model_->memory_.size() < device_bytes || model_->memory_.ptr() % kDeviceAlign != 0)
+        return MakeError(Errc::kInvalidArgument, "the caller's allocator returned " +
+                                                     std::to_string(model_->memory_.size()) + " bytes (or an unaligned address) for " +
+                                                     std::to_string(device_bytes) + " requested");
+    } else {
+      CS_ASSIGN_OR_RETURN(model_->memory_, model_->engine_->AllocateDevice(device_bytes));
+    }
     // Budget: slots of chunk + one page (local O_DIRECT reads land page-congruent).
     slot_bytes_ = (chunk_bytes + kPage + kPage - 1) / kPage * kPage;
     std::uint64_t budget = o_.staging_bytes;
@@ -482,6 +491,17 @@ Result<std::shared_ptr<DeviceModel>> LoadLocalToDevice(ModelLayout layout, const
   Status produced = p.RunLocal();
   CS_RETURN_IF_ERROR(p.Finish(std::move(produced)));
   return model;
+}
+
+Result<std::shared_ptr<DeviceModel>> Loader::Load(const Env& env) const {
+  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(source_));
+  if (src.kind == fetch::SourceKind::kLocal) {
+    CS_ASSIGN_OR_RETURN(auto layout, OpenLocalModel(source_));
+    return LoadLocalToDevice(std::move(layout), options_);
+  }
+  CS_ASSIGN_OR_RETURN(auto session, fetch::RemoteSession::Open(src, remote_, env));
+  CS_ASSIGN_OR_RETURN(auto rm, OpenRemoteModel(session));
+  return LoadRemoteToDevice(std::move(rm), options_);
 }
 
 Result<std::shared_ptr<DeviceModel>> LoadRemoteToDevice(RemoteModel rm, const DeviceLoadOptions& options) {

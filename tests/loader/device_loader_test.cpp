@@ -207,6 +207,28 @@ TEST_F(DeviceLoad, CudaWithoutAGpuIsOneClearError) {
   EXPECT_EQ(m.error().code, Errc::kUnavailable);
 }
 
+TEST_F(DeviceLoad, CallerProvidedDeviceMemoryAndTheLoaderFacade) {
+  auto o = Options();
+  std::vector<std::byte> mine;
+  std::uint64_t asked = 0;
+  o.allocator = [&](std::uint64_t bytes) -> Result<DeviceBuffer> {
+    asked = bytes;
+    mine.resize(bytes + 256);
+    auto p = reinterpret_cast<std::uintptr_t>(mine.data());
+    p = (p + 255) / 256 * 256;
+    return DeviceBuffer(p, bytes, nullptr);
+  };
+  auto m = Loader(dir_ / "bkt/m", o).Load(Env::FromMap({}));
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_GE(asked, (*m)->stats().fetch_bytes);
+  EXPECT_GE((*m)->tensors().front().data, reinterpret_cast<std::uintptr_t>(mine.data()));
+  EXPECT_EQ(Digests(**m), expected_);
+  o.allocator = [](std::uint64_t) -> Result<DeviceBuffer> { return DeviceBuffer(4096, 16, nullptr); };
+  auto small = Loader(dir_ / "bkt/m", o).Load(Env::FromMap({}));
+  ASSERT_FALSE(small.ok());
+  EXPECT_EQ(small.error().code, Errc::kInvalidArgument);
+}
+
 TEST(DeviceSpecs, Parse) {
   EXPECT_EQ(ParseDevice("cuda:3")->index, 3);
   EXPECT_EQ(ParseDevice("sim")->kind, DeviceKind::kSim);

@@ -106,6 +106,35 @@ TEST(Cli, UsageAndEnvironmentErrors) {
   EXPECT_EQ(Exec("--help").code, 0);
 }
 
+TEST(Cli, DeviceSimDigestsMatchTheCpuLoadAndCudaFailsCleanly) {
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m") + " --size 3MiB --shards 2").code, 0);
+  auto cpu = Exec("load " + (d / "m") + " --digest sha256 --json --no-torch");
+  ASSERT_EQ(cpu.code, 0) << cpu.err;
+  auto sim = Exec("load " + (d / "m") + " --device sim --digest sha256 --json --staging-bytes 1MiB --order layer");
+  ASSERT_EQ(sim.code, 0) << sim.err;
+  auto cj = nlohmann::json::parse(cpu.out), sj = nlohmann::json::parse(sim.out);
+  std::map<std::string, std::string> a, b;
+  for (const auto& t : cj["tensors"]) a[t["name"]] = t["sha256"];
+  for (const auto& t : sj["tensors"]) b[t["name"]] = t["sha256"];
+  EXPECT_EQ(a, b);
+  for (const char* k : {"first_byte_seconds", "fetch_seconds", "h2d_seconds", "total_seconds", "h2d_gb_per_s"})
+    EXPECT_TRUE(sj["phases"].contains(k)) << k;
+  EXPECT_LE(sj["staging"]["peak_bytes"].get<std::uint64_t>(), sj["staging"]["budget_bytes"].get<std::uint64_t>());
+  auto f16 = Exec("load " + (d / "m") + " --device sim --convert f16 --only '*layers.0.*' --json");
+  ASSERT_EQ(f16.code, 0) << f16.err;
+  auto fj = nlohmann::json::parse(f16.out);
+  EXPECT_EQ(fj["tensors"].size(), 13u);
+  EXPECT_EQ(fj["tensors"][0]["dtype"], "F16");
+  auto cuda = Exec("load " + (d / "m") + " --device cuda:0");
+  if (cuda.code != 0) {
+    EXPECT_EQ(cuda.code, 9) << cuda.err;
+    EXPECT_EQ(Lines(cuda.err), 1) << cuda.err;
+  }
+  EXPECT_EQ(Exec("load " + (d / "m") + " --device sim --sim-discard --digest sha256").code, 2);
+  EXPECT_EQ(Exec("load " + (d / "m") + " --device tpu").code, 2);
+}
+
 TEST(Cli, TruncatedShardFailsLoadButInspectSeesNothingWrongWithHeaders) {
   TempDir d;
   ASSERT_EQ(Exec("synth " + (d / "m") + " --shards 2").code, 0);

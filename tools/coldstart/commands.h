@@ -25,6 +25,7 @@ struct RemoteFlags {
   unsigned concurrency = 0;           // --concurrency
   std::string chunk;                  // --chunk (remote)
   bool http2 = false;                 // --http2
+  std::string cacert;                 // --cacert
 };
 
 struct InspectArgs {

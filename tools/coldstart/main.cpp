@@ -25,6 +25,7 @@ void AddRemoteFlags(CLI::App* cmd, coldstart::cli::RemoteFlags* f) {
   cmd->add_option("--header", f->headers, "Extra request header 'Name: value' on every request (repeatable, like curl -H)");
   cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 32; env COLDSTART_CONCURRENCY)");
   cmd->add_option("--remote-chunk", f->chunk, "Bytes per ranged GET, e.g. 16MiB (env COLDSTART_CHUNK)");
+  cmd->add_option("--cacert", f->cacert, "PEM file of CA certificates to trust instead of the system's (private endpoints)")->check(CLI::ExistingFile);
   cmd->add_flag("--http2", f->http2, "Use HTTP/2 (env COLDSTART_HTTP2); HTTP/1.1 connections are faster under per-connection caps");
 }
 

@@ -43,6 +43,7 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
     o.fetch.chunk_bytes = *c;
   }
   if (flags.http2) o.fetch.http2 = true;
+  o.http.ca_file = o.fetch.ca_file = flags.cacert;
   o.fetch.retry = o.retry;
   CS_RETURN_IF_ERROR(o.fetch.Validate());
   return o;

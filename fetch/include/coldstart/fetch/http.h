@@ -24,6 +24,7 @@ struct HttpOptions {
   long http_version = 0;                   // 0 = curl default; or CURL_HTTP_VERSION_1_1 / _2TLS
   double connect_timeout_s = 10;           // includes DNS resolution
   double timeout_s = 60;                   // whole request
+  std::string ca_file;                     // PEM bundle to trust instead of the system's (--cacert)
 };
 
 struct HttpRequest {

@@ -41,6 +41,7 @@ struct FetchOptions {
   std::vector<std::string> headers;       // "K: V" on every request (--header)
   std::string user_agent;                 // empty = coldstart/VERSION
   double connect_timeout_s = 10;
+  std::string ca_file;                    // PEM bundle to trust instead of the system's (--cacert)
   RetryOptions retry;
 
   Status ApplyEnv(const Env& env);

@@ -42,6 +42,10 @@ struct DeviceLoadOptions {
   // Bytes per staging buffer; 0 = the remote chunk size, or 16 MiB for local files.
   std::uint64_t chunk_bytes = 0;
   std::function<bool(const std::string& tensor)> filter;  // load only tensors it accepts
+  // Device memory for the whole model (one call, `bytes` = every selected tensor, 256-byte
+  // aligned); empty = the engine allocates (cudaMalloc). Lets a server hand over memory from
+  // its own allocator (e.g. a caching allocator's block).
+  std::function<Result<DeviceBuffer>(std::uint64_t bytes)> allocator;
   LoadOrder order = LoadOrder::kFile;
   Conversion bf16_conversion = Conversion::kNone;         // applied to BF16 tensors only
   fetch::LocalReadOptions read;                           // local sources
@@ -99,5 +103,20 @@ Result<std::shared_ptr<DeviceModel>> LoadLocalToDevice(ModelLayout layout, const
 Result<std::shared_ptr<DeviceModel>> LoadRemoteToDevice(RemoteModel model, const DeviceLoadOptions& options);
 // The copy engine for a device (kUnavailable with a clear message for cuda without GPU).
 Result<std::unique_ptr<CopyEngine>> MakeCopyEngine(const DeviceLoadOptions& options);
+
+// The one-call API: a source as the user names it (local path, gs://, http(s)://) onto a
+// device. Local sources read with io_uring; remote ones through the ranged-read engine.
+class Loader {
+ public:
+  Loader(std::string source, DeviceLoadOptions options, fetch::RemoteOptions remote = {})
+      : source_(std::move(source)), options_(std::move(options)), remote_(std::move(remote)) {}
+  // `env` supplies credentials and endpoint variables for remote sources.
+  Result<std::shared_ptr<DeviceModel>> Load(const Env& env = Env::FromProcess()) const;
+
+ private:
+  std::string source_;
+  DeviceLoadOptions options_;
+  fetch::RemoteOptions remote_;
+};
 
 }  // namespace coldstart::loader
