@@ -52,20 +52,22 @@ def main():
     ap.add_argument("--staging", default="512MiB")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/coldstart-bench-device")
+    ap.add_argument("--discard", action="store_true", help="end to end with --sim-discard (checksum, no copy)")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     root = os.path.join(a.dir, "buckets")
-    synth(os.path.join(root, "bkt", "model"), a.size, 4)
+    model_name = "model-" + a.size
+    synth(os.path.join(root, "bkt", model_name), a.size, 4)
     log = open(os.path.join(a.dir, "fake.log"), "w")
     server = subprocess.Popen([FAKE, "--root", root, "--port", "0", "--no-md5"], stdout=subprocess.PIPE, stderr=log, text=True)
     endpoint = server.stdout.readline().strip().split()[-1]
     env_args = ["--endpoint", endpoint, "--anonymous"]
-    src = "gs://bkt/model"
+    src = "gs://bkt/" + model_name
     bw = parse_bytes(a.sim_bandwidth)
     dev = ["--device", a.device]
     if a.device == "sim":
-        dev += ["--sim-bandwidth", str(bw)]
+        dev += ["--sim-bandwidth", str(bw)] + (["--sim-discard"] if a.discard else [])
     rows = []
     try:
         # Warm-up: the fake server hashes each object once; TCP and page cache settle.
@@ -108,7 +110,7 @@ def main():
         server.terminate()
         server.wait(timeout=10)
 
-    big = os.path.join(a.dir, "big")
+    big = os.path.join(a.dir, "big-" + a.big)
     synth(big, a.big, 4)
     r = run_rusage([CS, "load", big, "--device", "sim", "--sim-discard", "--staging-bytes", a.staging, "--json",
                     "--sim-bandwidth", "25GB"])

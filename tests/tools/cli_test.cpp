@@ -191,6 +191,7 @@ TEST_F(CliRemote, PrefetchInspectLoadThroughGs) {
   ASSERT_EQ(local.code, 0);
   EXPECT_EQ(nlohmann::json::parse(l.out)["tensors"], nlohmann::json::parse(local.out)["tensors"]);
   EXPECT_TRUE(nlohmann::json::parse(l.out)["network"]["crc32c_verified"].get<bool>());
+  EXPECT_EQ(Exec("auth", env_).code, 0);
   auto a = Exec("auth gs://bkt", env_);
   EXPECT_EQ(a.code, 0);
   EXPECT_NE(a.out.find("anonymous"), std::string::npos) << a.out;

@@ -61,7 +61,8 @@ int RunPrefetch(const PrefetchArgs& args) {
 }
 
 int RunAuth(const AuthArgs& args) {
-  auto source = fetch::ParseSource(args.source.empty() ? "gs://" : args.source);
+  // Credentials do not depend on the bucket; any valid name resolves them the same way.
+  auto source = fetch::ParseSource(args.source.empty() || args.source == "gs://" ? "gs://coldstart-auth" : args.source);
   if (!source.ok()) return ReportError(source.error());
   auto session = OpenRemote(*source, args.remote);
   if (!session.ok()) return ReportError(session.error());

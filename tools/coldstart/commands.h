@@ -70,7 +70,7 @@ struct PrefetchArgs {
 };
 
 struct AuthArgs {
-  std::string source = "gs://";
+  std::string source;  // empty: GCS credentials (they do not depend on the bucket)
   RemoteFlags remote;
 };
 
