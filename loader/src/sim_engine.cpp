@@ -61,7 +61,7 @@ class SimEngine final : public CopyEngine {
     if (r.conversion != Conversion::kNone && (r.len % 2 != 0))
       return MakeError(Errc::kInvalidArgument, "conversion of an odd number of bytes");
     std::lock_guard lk(mu_);
-    queue_.push_back({r, std::move(done)});
+    queue_.push_back({r, std::move(done), Clock::now()});
     ++pending_;
     cv_.notify_all();
     return OkStatus();
@@ -89,6 +89,7 @@ class SimEngine final : public CopyEngine {
   struct Item {
     CopyRequest r;
     std::function<void(Status)> done;
+    Clock::time_point submitted;
   };
 
   void Run() {
@@ -101,10 +102,13 @@ class SimEngine final : public CopyEngine {
       Item it = std::move(queue_.front());
       queue_.pop_front();
       lk.unlock();
-      // The copy takes len / bandwidth of engine time, back to back like a DMA engine.
+      // The copy takes len / bandwidth of engine time, back to back like a DMA engine, which
+      // starts a copy when it is submitted if idle: the timeline follows submissions, not
+      // when this thread got the CPU (on a loaded 2-core host it can be woken milliseconds
+      // late, and that lateness must not pile up into a slower "device").
       const auto cost = std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(static_cast<double>(it.r.len) / o_.bytes_per_second));
-      busy_until = std::max(busy_until, Clock::now()) + cost;
+      busy_until = std::max(busy_until, it.submitted) + cost;
       Status st = OkStatus();
       copied_ += it.r.len;
       if (o_.fail_after_bytes >= 0 && static_cast<double>(copied_) > o_.fail_after_bytes) {
