@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <fnmatch.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include <thread>
 
 #include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/hash.h"
 
 namespace coldstart::loader {
 namespace {
@@ -47,19 +47,14 @@ Status PwriteAll(int fd, const std::byte* p, std::uint64_t len, std::uint64_t of
 Result<std::string> FileMd5Base64(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return MakeSysError(Errc::kIo, path + ": cannot open", errno);
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_md5(), nullptr);
+  fetch::Md5 md5;
   std::vector<char> buf(4u << 20);
   ssize_t n;
-  while ((n = ::read(fd, buf.data(), buf.size())) > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<std::size_t>(n));
+  while ((n = ::read(fd, buf.data(), buf.size())) > 0) md5.Update(buf.data(), static_cast<std::size_t>(n));
   int err = errno;
   ::close(fd);
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx, md, &len);
-  EVP_MD_CTX_free(ctx);
   if (n < 0) return MakeSysError(Errc::kIo, path + ": read failed", err);
-  return fetch::Base64Encode(std::string_view(reinterpret_cast<char*>(md), len));
+  return md5.Base64Digest();
 }
 
 // One file being downloaded.

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/hash.h"
 
 namespace coldstart::loader {
 namespace {
@@ -175,7 +176,17 @@ Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(RemoteModel rm, const Ho
   for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     if (!rm.files[i].crc32c) {
-      all_verified = false;
+      if (rm.files[i].md5_base64.empty()) {
+        all_verified = false;
+        continue;
+      }
+      // No CRC32C to combine: MD5 over the header we hold and the data in the arena.
+      fetch::Md5 md5;
+      md5.Update(rm.header_bytes[i].data(), rm.header_bytes[i].size());
+      md5.Update(model->arena_.data() + file_pos[i], m.files[i].header.data_bytes);
+      if (md5.Base64Digest() != rm.files[i].md5_base64)
+        return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": MD5 mismatch; the data was corrupted in transit");
+      if (stats) ++stats->verified_md5;
       continue;
     }
     if (*rm.files[i].crc32c != crc[i])

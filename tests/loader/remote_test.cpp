@@ -11,6 +11,7 @@
 #include "../common/temp_dir.h"
 #include "coldstart/fake_gcs/server.h"
 #include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/hash.h"
 #include "coldstart/loader/prefetch.h"
 #include "coldstart/loader/remote_loader.h"
 #include "coldstart/loader/synth.h"
@@ -428,6 +429,67 @@ TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
     for (std::size_t i = 0; i < ranges.size(); ++i)
       EXPECT_EQ(crcs[i], fetch::Crc32c(body.data() + ranges[i].offset, ranges[i].length));
   }
+}
+
+}  // namespace
+}  // namespace coldstart::loader
+
+namespace coldstart::loader {
+namespace {
+
+// A plain HTTP server whose only checksum is an MD5 in x-goog-hash: loads and prefetches are
+// verified by MD5, and a wrong MD5 is an integrity error.
+TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
+  TempDir d;
+  SynthOptions so;
+  so.shards = 1;
+  ASSERT_TRUE(SynthesizeModel(d / "m", so).ok());
+  const std::string body = coldstart::testing::ReadFile(d / "m/model.safetensors");
+  fetch::Md5 md5;
+  md5.Update(body.data(), body.size());
+  const std::string good = md5.Base64Digest();
+  std::string served_md5 = good;
+  httplib::Server svr;
+  svr.Get("/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_header("x-goog-hash", "md5=" + served_md5);
+    res.set_content(body, "application/octet-stream");  // httplib answers Range itself
+  });
+  int port = svr.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { svr.listen_after_bind(); });
+  struct Joiner {
+    httplib::Server& s;
+    std::thread& t;
+    ~Joiner() {
+      s.stop();
+      t.join();
+    }
+  } joiner{svr, t};
+  while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/model.safetensors";
+  auto open = [&]() {
+    auto src = fetch::ParseSource(url);
+    auto s = fetch::RemoteSession::Open(*src, fetch::RemoteOptions{}, Env::FromMap({{"COLDSTART_METADATA", "off"}}));
+    EXPECT_TRUE(s.ok());
+    return *s;
+  };
+  auto rm = OpenRemoteModel(open());
+  ASSERT_TRUE(rm.ok()) << rm.error().message;
+  EXPECT_FALSE(rm->files[0].crc32c.has_value());
+  RemoteLoadStats st;
+  auto m = LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{}, &st);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ(st.verified_md5, 1u);
+  TempDir dest;
+  auto p = Prefetch(*open(), dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  EXPECT_EQ(p->verified_md5, 1u);
+  served_md5 = fetch::Base64Encode(std::string(16, 'x'));
+  auto bad = OpenRemoteModel(open());
+  ASSERT_TRUE(bad.ok());
+  auto m2 = LoadRemoteToHost(std::move(bad).value(), HostLoadOptions{});
+  ASSERT_FALSE(m2.ok());
+  EXPECT_EQ(m2.error().code, Errc::kIntegrity);
+  EXPECT_NE(m2.error().message.find("MD5 mismatch"), std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "../common/temp_dir.h"
+#include "coldstart/loader/device_loader.h"
 #include "coldstart/loader/safetensors.h"
 
 namespace coldstart::runtime {
@@ -99,6 +100,33 @@ TEST(StateDict, ErrorsAreLoadErrorExceptions) {
     EXPECT_EQ(e.error().code, Errc::kFormat);
     EXPECT_NE(std::string(e.what()).find("bad.safetensors"), std::string::npos);
   }
+}
+
+TEST(StateDict, DeviceModelOnTheStandInDeviceBecomesCpuTensors) {
+  TempDir d;
+  WriteFile(d / "m.safetensors", KnownFile());
+  loader::DeviceLoadOptions o;
+  o.device = {loader::DeviceKind::kSim, 0};
+  o.bf16_conversion = loader::Conversion::kBf16ToF32;
+  auto layout = loader::OpenLocalModel(d / "m.safetensors");
+  ASSERT_TRUE(layout.ok());
+  auto m = loader::LoadLocalToDevice(std::move(layout).value(), o);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  at::Tensor bf;
+  {
+    StateDict sd = ToStateDict(std::shared_ptr<const loader::DeviceModel>(*m));
+    EXPECT_FLOAT_EQ(sd.Find("f32")->tensor[1][1].item<float>(), 8.0f);
+    bf = sd.Find("bf16")->tensor;
+    EXPECT_EQ(bf.scalar_type(), at::kFloat) << "converted on the device";
+    EXPECT_EQ(sd.Find("i64")->tensor[2].item<std::int64_t>(), 1LL << 40);
+  }
+  m->reset();
+  EXPECT_FLOAT_EQ(bf[1].item<float>(), -2.0f) << "tensors keep the device model alive";
+  o.sim.keep_bytes = false;
+  auto l2 = loader::OpenLocalModel(d / "m.safetensors");
+  auto discarded = loader::LoadLocalToDevice(std::move(l2).value(), o);
+  ASSERT_TRUE(discarded.ok());
+  EXPECT_THROW(ToStateDict(std::shared_ptr<const loader::DeviceModel>(*discarded)), LoadError);
 }
 
 TEST(StateDict, DTypeMappingCoversTheCommonTypes) {

@@ -26,7 +26,8 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
 
 struct RemoteLoadStats {
   fetch::FetchStats fetch;
-  bool verified_crc32c = false;  // every object had a CRC32C and it matched
+  bool verified_crc32c = false;  // every object was verified (CRC32C, or MD5 where it had none)
+  unsigned verified_md5 = 0;     // objects verified by MD5 because the server had no CRC32C
 };
 
 // Fetches every tensor byte into one arena; fails with Errc::kIntegrity on a CRC32C mismatch.
