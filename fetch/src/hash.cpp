@@ -2,69 +2,51 @@
 
 #include <openssl/evp.h>
 
-#include "coldstart/fetch/crc32c.h"
+#include <new>
 
-#include <cstdio>
-#include <stdexcept>
+#include "coldstart/fetch/crc32c.h"
 
 namespace coldstart::fetch {
 
-struct Sha256::Impl {
+struct Hasher::Impl {
   EVP_MD_CTX* ctx = nullptr;
   ~Impl() { EVP_MD_CTX_free(ctx); }
 };
 
-Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
+Hasher::Hasher(Algorithm algorithm) : impl_(std::make_unique<Impl>()) {
   impl_->ctx = EVP_MD_CTX_new();
+  const EVP_MD* md = algorithm == Algorithm::kSha256 ? EVP_sha256() : EVP_md5();
   // Allocation failure here is an out-of-memory condition we cannot report as a value from
   // a constructor; std::bad_alloc is the honest signal.
-  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr) != 1)
-    throw std::bad_alloc();
+  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, md, nullptr) != 1) throw std::bad_alloc();
 }
-Sha256::Sha256(Sha256&&) noexcept = default;
-Sha256& Sha256::operator=(Sha256&&) noexcept = default;
-Sha256::~Sha256() = default;
+Hasher::Hasher(Hasher&&) noexcept = default;
+Hasher& Hasher::operator=(Hasher&&) noexcept = default;
+Hasher::~Hasher() = default;
 
-void Sha256::Update(const void* data, std::size_t size) {
+void Hasher::Update(const void* data, std::size_t size) {
   if (size > 0) EVP_DigestUpdate(impl_->ctx, data, size);
 }
 
-std::string Sha256::HexDigest() {
+std::string Hasher::Finish() {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(impl_->ctx, md, &len);
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+
+std::string Hasher::HexDigest() {
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string out(2 * len, '0');
-  for (unsigned i = 0; i < len; ++i) {
-    out[2 * i] = kHex[md[i] >> 4];
-    out[2 * i + 1] = kHex[md[i] & 15];
+  std::string raw = Finish(), out(2 * raw.size(), '0');
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    auto b = static_cast<unsigned char>(raw[i]);
+    out[2 * i] = kHex[b >> 4];
+    out[2 * i + 1] = kHex[b & 15];
   }
   return out;
 }
 
-struct Md5::Impl {
-  EVP_MD_CTX* ctx = nullptr;
-  ~Impl() { EVP_MD_CTX_free(ctx); }
-};
-
-Md5::Md5() : impl_(std::make_unique<Impl>()) {
-  impl_->ctx = EVP_MD_CTX_new();
-  if (impl_->ctx == nullptr || EVP_DigestInit_ex(impl_->ctx, EVP_md5(), nullptr) != 1) throw std::bad_alloc();
-}
-Md5::Md5(Md5&&) noexcept = default;
-Md5& Md5::operator=(Md5&&) noexcept = default;
-Md5::~Md5() = default;
-
-void Md5::Update(const void* data, std::size_t size) {
-  if (size > 0) EVP_DigestUpdate(impl_->ctx, data, size);
-}
-
-std::string Md5::Base64Digest() {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(impl_->ctx, md, &len);
-  return Base64Encode(std::string_view(reinterpret_cast<const char*>(md), len));
-}
+std::string Hasher::Base64Digest() { return Base64Encode(Finish()); }
 
 std::string Sha256Hex(std::span<const std::byte> data) {
   Sha256 h;

@@ -9,6 +9,7 @@
 
 #include "../common/independent.h"
 #include "../common/temp_dir.h"
+#include "../fetch/loopback_server.h"
 #include "coldstart/fake_gcs/server.h"
 #include "coldstart/fetch/crc32c.h"
 #include "coldstart/fetch/hash.h"
@@ -382,7 +383,8 @@ TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
   std::string body(3 << 20, '\0');
   std::mt19937_64 rng(5);
   for (auto& c : body) c = static_cast<char>(rng());
-  httplib::Server svr;
+  coldstart::testing::LoopbackServer loop;
+  httplib::Server& svr = loop.server();
   // httplib applies Range itself unless the request's parsed ranges are dropped.
   auto no_ranges = [](const httplib::Request& req) { const_cast<httplib::Request&>(req).ranges.clear(); };
   svr.Get("/full", [&](const httplib::Request& req, httplib::Response& res) {
@@ -399,17 +401,8 @@ TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
     res.set_header("Content-Range", "bytes " + std::to_string(start) + "-" + std::to_string(b) + "/" + std::to_string(body.size()));
     res.set_content(body.substr(start, b - start + 1), "application/octet-stream");
   });
-  int port = svr.bind_to_any_port("127.0.0.1");
-  std::thread t([&] { svr.listen_after_bind(); });
-  struct Joiner {
-    httplib::Server& s;
-    std::thread& t;
-    ~Joiner() {
-      s.stop();
-      t.join();
-    }
-  } joiner{svr, t};
-  while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  loop.Start();
+  const int port = loop.port();
   for (const char* path : {"/full", "/shifted"}) {
     fetch::RemoteObject obj{path, "http://127.0.0.1:" + std::to_string(port) + path, body.size(), 0};
     fetch::FetchOptions fo;
@@ -449,22 +442,14 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   md5.Update(body.data(), body.size());
   const std::string good = md5.Base64Digest();
   std::string served_md5 = good;
-  httplib::Server svr;
+  coldstart::testing::LoopbackServer loop;
+  httplib::Server& svr = loop.server();
   svr.Get("/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
     res.set_header("x-goog-hash", "md5=" + served_md5);
     res.set_content(body, "application/octet-stream");  // httplib answers Range itself
   });
-  int port = svr.bind_to_any_port("127.0.0.1");
-  std::thread t([&] { svr.listen_after_bind(); });
-  struct Joiner {
-    httplib::Server& s;
-    std::thread& t;
-    ~Joiner() {
-      s.stop();
-      t.join();
-    }
-  } joiner{svr, t};
-  while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  loop.Start();
+  const int port = loop.port();
   const std::string url = "http://127.0.0.1:" + std::to_string(port) + "/model.safetensors";
   auto open = [&]() {
     auto src = fetch::ParseSource(url);

@@ -1,4 +1,5 @@
-// Content hashes: SHA-256 (digests printed by `coldstart load --digest`).
+// Content hashes: SHA-256 (digests printed by `coldstart load --digest`) and MD5 (objects whose
+// server keeps no CRC32C).
 #pragma once
 
 #include <cstddef>
@@ -8,37 +9,35 @@
 
 namespace coldstart::fetch {
 
-// Incremental SHA-256 over OpenSSL's EVP interface. Move-only; owns its EVP_MD_CTX.
-class Sha256 {
+// Incremental digest over OpenSSL's EVP interface. Move-only; owns its EVP_MD_CTX.
+class Hasher {
  public:
-  Sha256();
-  Sha256(Sha256&&) noexcept;
-  Sha256& operator=(Sha256&&) noexcept;
-  ~Sha256();
+  enum class Algorithm { kSha256, kMd5 };
+  explicit Hasher(Algorithm algorithm);
+  Hasher(Hasher&&) noexcept;
+  Hasher& operator=(Hasher&&) noexcept;
+  ~Hasher();
   void Update(const void* data, std::size_t size);
-  std::string HexDigest();  // finishes; the object must not be updated afterwards
+  // Each finishes the digest; the object must not be updated afterwards.
+  std::string HexDigest();
+  std::string Base64Digest();  // as GCS's md5Hash
 
  private:
+  std::string Finish();
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+class Sha256 : public Hasher {
+ public:
+  Sha256() : Hasher(Algorithm::kSha256) {}
+};
+
+class Md5 : public Hasher {
+ public:
+  Md5() : Hasher(Algorithm::kMd5) {}
 };
 
 std::string Sha256Hex(std::span<const std::byte> data);
-
-// Incremental MD5, for objects whose server keeps no CRC32C (GCS composite objects have only
-// CRC32C; some HTTP servers only an MD5). Digest in base64, as GCS's md5Hash.
-class Md5 {
- public:
-  Md5();
-  Md5(Md5&&) noexcept;
-  Md5& operator=(Md5&&) noexcept;
-  ~Md5();
-  void Update(const void* data, std::size_t size);
-  std::string Base64Digest();  // finishes
-
- private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
-};
 
 }  // namespace coldstart::fetch
