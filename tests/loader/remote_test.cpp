@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -294,6 +295,26 @@ TEST_F(RemoteTest, BigObjectThroughManyRanges) {
   auto crc = FileCrc32c(dest / "blob.bin");
   ASSERT_TRUE(crc.ok());
   EXPECT_EQ(*crc, *FileCrc32c(root_ / "bkt/big/blob.bin"));
+}
+
+TEST_F(RemoteTest, HeaderLargerThanTheFirstReadIsFetchedExactly) {
+  // 20,000 tensors: a ~1.5 MB header, more than the first 1 MiB read of each shard.
+  std::vector<TensorSpec> specs;
+  for (int i = 0; i < 20000; ++i) specs.push_back({"layer." + std::to_string(i) + ".weight", DType::kF16, {3}});
+  auto h = SerializeHeader(specs, {{"format", "pt"}});
+  ASSERT_TRUE(h.ok());
+  ASSERT_GT(h->bytes.size(), 1u << 20);
+  std::string data(h->data_bytes, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7);
+  WriteFile(root_ / "bkt/wide/model.safetensors", h->bytes + data);
+  auto rm = OpenRemoteModel(Emulated("gs://bkt/wide"));
+  ASSERT_TRUE(rm.ok()) << rm.error().message;
+  EXPECT_EQ(rm->layout.tensors.size(), 20000u);
+  auto m = LoadRemoteToHost(std::move(rm).value(), HostLoadOptions{});
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  const auto* last = (*m)->Find("layer.19999.weight");
+  ASSERT_NE(last, nullptr);
+  EXPECT_EQ(0, std::memcmp(last->data, data.data() + data.size() - 6, 6));
 }
 
 TEST_F(RemoteTest, HttpFolderUrlWithIndex) {
