@@ -87,11 +87,11 @@ def main():
         else:
             out = subprocess.run([os.path.join(ROOT, "build", "bench", "gpu_h2d")], capture_output=True, text=True).stdout
             plain = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            best = max((p for p in plain if p.get("mode") == "plain"), key=lambda p: p.get("gb_per_s", 0), default=None)
+            best = max((p for p in plain if p.get("mode") == "plain"), key=lambda p: p.get("gbps_median", 0), default=None)
             if best is None:
                 sys.exit("gpu_h2d measured nothing: " + out)
-            copy_only = total / (best["gb_per_s"] * 1e9)
-            copy_how = f"plain pinned cudaMemcpyAsync at {best['gb_per_s']:.2f} GB/s (gpu_h2d)"
+            copy_only = total / (best["gbps_median"] * 1e9)
+            copy_how = f"plain pinned cudaMemcpyAsync at {best['gbps_median']:.2f} GB/s (gpu_h2d)"
         f = statistics.median(fetch)
         e = statistics.median(x["seconds"] for x in e2e)
         h2d = statistics.median(x["phases"]["h2d_gb_per_s"] for x in e2e)
