@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -196,12 +197,21 @@ void UringWorker(Job* job, unsigned index, unsigned depth) {
     const auto& f = job->files->file(sl.c.file);
     if (sl.direct && (!IsAligned(sl.c.length - sl.got) || !IsAligned(sl.c.offset + sl.got)))
       sl.direct = false;
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: one SQE per free slot
+    // One SQE per busy slot and as many SQ entries as slots, so the queue cannot be full; if
+    // it ever is, flush it to the kernel first.
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    if (sqe == nullptr) {
+      io_uring_submit(&ring);
+      sqe = io_uring_get_sqe(&ring);
+    }
+    if (sqe == nullptr) return false;
     io_uring_prep_read(sqe, sl.direct ? f.direct_fd : f.fd, sl.c.dest + sl.got,
                        static_cast<unsigned>(sl.c.length - sl.got), sl.c.offset + sl.got);
     io_uring_sqe_set_data64(sqe, i);
     ++s.requests;
+    return true;
   };
+  unsigned broken_waits = 0;
 
   for (;;) {
     if (!draining) {
@@ -210,21 +220,33 @@ void UringWorker(Job* job, unsigned index, unsigned depth) {
         Chunk c;
         if (!job->NextChunk(&c)) break;
         slots[i] = Slot{c, 0, c.direct, true};
-        submit(i);
+        if (!submit(i)) {
+          slots[i].busy = false;
+          job->Fail(MakeError(Errc::kInternal, "io_uring submission queue unexpectedly full"));
+          draining = true;
+          break;
+        }
         ++inflight;
       }
     }
     if (inflight == 0) break;
-    io_uring_submit(&ring);
-    io_uring_cqe* cqe = nullptr;
-    rc = io_uring_wait_cqe(&ring, &cqe);
-    if (rc == -EINTR) continue;
-    if (rc < 0) {
-      // The ring itself is broken; nothing more will complete. Leak-free exit requires no
-      // in-flight reads, which the kernel guarantees once the ring is torn down.
-      job->Fail(MakeSysError(Errc::kIo, "io_uring_wait_cqe", -rc));
-      break;
+    // Submit what is queued and wait for a completion. -EINTR, -EAGAIN and -EBUSY (the kernel
+    // is short of memory, or the completion queue is full) are transient: reap and go again.
+    rc = io_uring_submit_and_wait(&ring, 1);
+    if (rc == -EAGAIN || rc == -EBUSY) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // Reads may still be running in the kernel and writing into caller memory, so this
+      // worker must not return before they complete: stop taking work and keep reaping.
+      if (broken_waits == 0) job->Fail(MakeSysError(Errc::kIo, "io_uring_submit_and_wait", -rc));
+      draining = true;
+      if (++broken_waits > 30000) {
+        std::fprintf(stderr, "coldstart: io_uring stopped completing reads (%s); aborting rather than "
+                             "letting the kernel write into freed memory\n", std::strerror(-rc));
+        std::abort();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    io_uring_cqe* cqe = nullptr;
     // Reap everything that is ready before submitting again.
     unsigned head;
     unsigned seen = 0;
@@ -261,8 +283,13 @@ void UringWorker(Job* job, unsigned index, unsigned depth) {
         draining = true;
         resubmit = false;
       }
+      if (resubmit && !submit(i)) {
+        job->Fail(MakeError(Errc::kInternal, "io_uring submission queue unexpectedly full"));
+        draining = true;
+        resubmit = false;
+      }
       if (resubmit) {
-        submit(i);
+        // stays in flight
       } else {
         sl.busy = false;
         --inflight;

@@ -261,6 +261,9 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
   const FetchRange& r = t->range();
   const auto& obj = t->object();
   if (t->fatal) return *t->fatal;
+  // Every byte arrived from a 2xx answer: done, whatever curl said afterwards (a reset after
+  // the last byte, a lost chunked terminator). Retrying would ask for an empty range.
+  if (t->received == r.length && t->status >= 200 && t->status < 300) return std::nullopt;
   if (t->received == r.length && (res == CURLE_OK || t->complete_early)) return std::nullopt;
   if (t->status >= 300 || (res == CURLE_OK && t->status < 200)) {
     Error e = HttpError(t->status, obj.display, t->error_body);

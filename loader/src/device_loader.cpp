@@ -180,7 +180,12 @@ class StagingRing {
     }
     cv_.notify_all();
   }
-  void Wake() { cv_.notify_all(); }
+  void Wake() {
+    // Taking the lock orders this wake-up after a waiter's check of `stop`: without it a
+    // waiter could test the flag, miss the notify, and sleep.
+    { std::lock_guard lk(mu_); }
+    cv_.notify_all();
+  }
   std::size_t slots() const { return slots_; }
   std::uint64_t peak_bytes() const {
     std::lock_guard lk(mu_);
@@ -225,13 +230,17 @@ class DevicePipeline {
     } else {
       CS_ASSIGN_OR_RETURN(model_->memory_, model_->engine_->AllocateDevice(device_bytes));
     }
-    // Budget: slots of chunk + one page (local O_DIRECT reads land page-congruent).
+    if (chunk_bytes < kPage)
+      return MakeError(Errc::kInvalidArgument, "chunk size " + std::to_string(chunk_bytes) + " is below 4 KiB");
+    // Budget: slots of chunk + one page (local O_DIRECT reads land page-congruent). An explicit
+    // budget is never exceeded; the automatic one grows to two chunks if memory is that short.
     slot_bytes_ = (chunk_bytes + kPage + kPage - 1) / kPage * kPage;
-    std::uint64_t budget = std::max(StagingBudget(o_), 2 * slot_bytes_);
+    std::uint64_t budget = o_.staging_bytes ? o_.staging_bytes : std::max(StagingBudget(o_), 2 * slot_bytes_);
     std::uint64_t slots = budget / slot_bytes_;
     if (slots < 2)
       return MakeError(Errc::kInvalidArgument, "staging budget " + FormatBytes(static_cast<double>(budget)) +
-                                                   " holds fewer than 2 chunks of " + FormatBytes(static_cast<double>(slot_bytes_)));
+                                                   " holds fewer than 2 chunks of " + FormatBytes(static_cast<double>(slot_bytes_)) +
+                                                   "; raise --staging-bytes or lower the chunk size");
     CS_ASSIGN_OR_RETURN(auto mem, model_->engine_->AllocateStaging(slots * slot_bytes_));
     ring_ = std::make_unique<StagingRing>(std::move(mem), slot_bytes_);
     model_->stats_.staging_budget = slots * slot_bytes_;
@@ -285,6 +294,11 @@ class DevicePipeline {
     if (remaining_[t].fetch_sub(len) == len && !stop_) {
       if (o_.on_ready) o_.on_ready(model_->tensors_[position_[t]]);
     }
+  }
+
+  bool HasError() {
+    std::lock_guard lk(mu_);
+    return error_.has_value();
   }
 
   void Fail(Error e) {
@@ -377,7 +391,7 @@ class DevicePipeline {
     auto st = fetch::RangeFetcher(fo).Fetch(objs, ranges, cb, &fs);
     first_byte_ns_ = static_cast<std::int64_t>(fs.first_byte_seconds * 1e9);
     if (!st.ok()) {
-      if (cancelled_ || error_) return OkStatus();  // the pipeline's own reason wins
+      if (cancelled_ || HasError()) return OkStatus();  // the pipeline's own reason wins
       return rm.session->Annotate(std::move(st).error());
     }
     // Whole-object CRC32C, when every data byte of every file was fetched.
@@ -491,7 +505,11 @@ Result<std::shared_ptr<DeviceModel>> LoadLocalToDevice(ModelLayout layout, const
   model->layout_ = std::move(layout);
   model->device_ = options.device;
   DevicePipeline p(options, model);
-  CS_RETURN_IF_ERROR(p.Prepare(options.chunk_bytes ? options.chunk_bytes : (16ull << 20)));
+  // 16 MiB reads unless the budget is small: then a quarter of it, so batches can alternate.
+  std::uint64_t chunk = options.chunk_bytes;
+  if (chunk == 0)
+    chunk = std::min<std::uint64_t>(16ull << 20, std::max<std::uint64_t>(64ull << 10, (std::max(StagingBudget(options) / 4, 2 * kPage) - kPage) / kPage * kPage));
+  CS_RETURN_IF_ERROR(p.Prepare(chunk));
   Status produced = p.RunLocal();
   CS_RETURN_IF_ERROR(p.Finish(std::move(produced)));
   return model;
@@ -519,8 +537,8 @@ Result<std::shared_ptr<DeviceModel>> LoadRemoteToDevice(RemoteModel rm, const De
   std::uint64_t chunk = options.chunk_bytes;
   if (chunk == 0) {
     const auto& fo = rm.session->options().fetch;
-    chunk = std::clamp<std::uint64_t>(StagingBudget(options) / (2ull * fo.concurrency) / kPage * kPage, 1ull << 20,
-                                      fo.chunk_bytes);
+    chunk = std::min<std::uint64_t>(
+        fo.chunk_bytes, std::max<std::uint64_t>(1ull << 20, StagingBudget(options) / (2ull * fo.concurrency) / kPage * kPage));
   }
   CS_RETURN_IF_ERROR(p.Prepare(chunk));
   Status produced = p.RunRemote(rm);

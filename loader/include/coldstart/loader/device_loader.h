@@ -37,7 +37,7 @@ struct DeviceTensor {
 struct DeviceLoadOptions {
   DeviceSpec device{DeviceKind::kSim, 0};
   // Staging budget (--staging-bytes, COLDSTART_STAGING_BYTES); 0 = 1/8 of available memory,
-  // capped at 2 GiB, at least 4 chunks. Never exceeded.
+  // capped at 2 GiB (at least 2 chunks). Never exceeded; a budget below 2 chunks is an error.
   std::uint64_t staging_bytes = 0;
   // Bytes per staging buffer; 0 = the remote chunk size, or 16 MiB for local files.
   std::uint64_t chunk_bytes = 0;
@@ -51,7 +51,8 @@ struct DeviceLoadOptions {
   fetch::LocalReadOptions read;                           // local sources
   SimEngineOptions sim;
   CudaEngineOptions cuda;
-  // Called once per tensor on an engine thread as soon as all its bytes are in device memory.
+  // Called once per tensor as soon as all its bytes are in device memory: on an engine thread,
+  // or, for zero-byte tensors, on the thread that dispatched their chunk. May run concurrently.
   std::function<void(const DeviceTensor&)> on_ready;
   // On the loading thread about every 100 ms; false cancels (in-flight work drains first).
   std::function<bool(std::uint64_t done, std::uint64_t total)> progress;
