@@ -28,6 +28,7 @@ from benchlib import run_rusage  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS = os.path.join(ROOT, "build", "coldstart")
 FAKE = os.path.join(ROOT, "build", "coldstart-fake-gcs")
+GPU_H2D = os.path.join(ROOT, "build", "bench", "gpu_h2d")
 
 
 def parse_bytes(text):
@@ -54,7 +55,13 @@ def main():
     ap.add_argument("--dir", default="/tmp/coldstart-bench-device")
     ap.add_argument("--discard", action="store_true", help="end to end with --sim-discard (checksum, no copy)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--build", default="", help="folder with coldstart, coldstart-fake-gcs and bench/gpu_h2d "
+                                                "(default build/; tools/pack-gpu.sh makes one to carry to a GPU machine)")
     a = ap.parse_args()
+    global CS, FAKE, GPU_H2D
+    if a.build:
+        CS, FAKE = os.path.join(a.build, "coldstart"), os.path.join(a.build, "coldstart-fake-gcs")
+        GPU_H2D = os.path.join(a.build, "bench", "gpu_h2d")
     os.makedirs(a.dir, exist_ok=True)
     root = os.path.join(a.dir, "buckets")
     model_name = "model-" + a.size
@@ -85,7 +92,7 @@ def main():
             copy_only = total / bw
             copy_how = f"sim engine alone: bytes / {bw / 1e9:.2f} GB/s"
         else:
-            out = subprocess.run([os.path.join(ROOT, "build", "bench", "gpu_h2d")], capture_output=True, text=True).stdout
+            out = subprocess.run([GPU_H2D], capture_output=True, text=True).stdout
             plain = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
             best = max((p for p in plain if p.get("mode") == "plain"), key=lambda p: p.get("gbps_median", 0), default=None)
             if best is None:
