@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/relative_path.h"
 
 namespace coldstart::fetch {
 namespace {
@@ -30,23 +31,7 @@ Status RemoteOptions::ApplyEnv(const Env& env) {
 }
 
 Status CheckDestinationName(std::string_view name) {
-  auto bad = [&](const char* why) {
-    return MakeError(Errc::kFormat, "object name '" + std::string(name) + "' " + why + "; refusing to write it");
-  };
-  if (name.empty()) return bad("is empty");
-  if (name.front() == '/') return bad("is an absolute path");
-  if (name.find('\0') != std::string_view::npos) return bad("contains a NUL byte");
-  std::size_t start = 0;
-  while (start <= name.size()) {
-    std::size_t end = name.find('/', start);
-    if (end == std::string_view::npos) end = name.size();
-    std::string_view part = name.substr(start, end - start);
-    if (part == "..") return bad("would escape the destination ('..')");
-    if (part == ".") return bad("has a '.' component");
-    if (part.empty() && end != name.size()) return bad("has an empty path component");
-    start = end + 1;
-  }
-  return OkStatus();
+  return CheckRelativePath(name, "object name", "the destination folder");
 }
 
 Result<std::shared_ptr<RemoteSession>> RemoteSession::Open(const Source& source, const RemoteOptions& options,

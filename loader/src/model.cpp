@@ -10,6 +10,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "coldstart/fetch/relative_path.h"
+
 namespace coldstart::loader {
 namespace {
 
@@ -40,24 +42,7 @@ const TensorEntry* ModelLayout::Find(std::string_view name) const {
 }
 
 Status CheckRelativeName(std::string_view name) {
-  auto bad = [&](const char* why) {
-    return FormatError("shard name '" + std::string(name) + "' " + why);
-  };
-  if (name.empty()) return bad("is empty");
-  if (name.front() == '/') return bad("is an absolute path");
-  if (name.find('\0') != std::string_view::npos) return bad("contains a NUL byte");
-  if (name.find('\\') != std::string_view::npos) return bad("contains a backslash");
-  std::size_t start = 0;
-  while (start <= name.size()) {
-    std::size_t end = name.find('/', start);
-    if (end == std::string_view::npos) end = name.size();
-    std::string_view part = name.substr(start, end - start);
-    if (part.empty()) return bad("has an empty path component");
-    if (part == "..") return bad("escapes the model folder ('..')");
-    if (part == ".") return bad("has a '.' component");
-    start = end + 1;
-  }
-  return OkStatus();
+  return fetch::CheckRelativePath(name, "shard name", "the model folder");
 }
 
 Result<ShardIndex> ParseShardIndex(std::string_view json_text) {
