@@ -19,18 +19,23 @@ bool IsTopLevelSafetensors(const std::string& name) {
   return name.find('/') == std::string::npos && name.size() > 12 && name.substr(name.size() - 12) == ".safetensors";
 }
 
-// Fetches [0, len_i) of each object into strings.
-Status FetchPrefixes(fetch::RemoteSession& s, std::span<const fetch::RemoteObject> objs,
-                     const std::vector<std::uint64_t>& lens, std::vector<std::string>* out) {
+// Grows each object's prefix buffer to lens[i] bytes, fetching only what it lacks.
+Status ExtendPrefixes(fetch::RemoteSession& s, std::span<const fetch::RemoteObject> objs,
+                      const std::vector<std::uint64_t>& lens, std::vector<std::string>* bufs) {
+  bufs->resize(objs.size());
   std::vector<fetch::FetchRange> ranges;
-  out->assign(objs.size(), std::string());
   for (std::uint32_t i = 0; i < objs.size(); ++i) {
-    (*out)[i].resize(lens[i]);
-    ranges.push_back({i, 0, lens[i]});
+    const std::uint64_t have = (*bufs)[i].size();
+    if (lens[i] <= have) continue;
+    (*bufs)[i].resize(lens[i]);
+    ranges.push_back({i, have, lens[i] - have});
   }
+  if (ranges.empty()) return OkStatus();
   fetch::RangeFetcher f(s.options().fetch);
   fetch::FetchCallbacks cb;
-  cb.acquire = [&](std::size_t i) { return reinterpret_cast<std::byte*>((*out)[ranges[i].object].data()); };
+  cb.acquire = [&](std::size_t k) {
+    return reinterpret_cast<std::byte*>((*bufs)[ranges[k].object].data() + ranges[k].offset);
+  };
   cb.done = [](std::size_t, std::byte*, std::uint32_t) { return OkStatus(); };
   cb.auth_header = [&s] { return s.AuthHeader(); };
   auto st = f.Fetch(objs, ranges, cb);
@@ -74,7 +79,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     lens.push_back(std::min<std::uint64_t>(f.object.size, kFirstHeaderBytes));
   }
   std::vector<std::string> prefixes;
-  CS_RETURN_IF_ERROR(FetchPrefixes(*session, objs, lens, &prefixes));
+  CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, lens, &prefixes));
   // Headers longer than the first read: fetch exactly what is missing.
   std::vector<std::uint64_t> need(shards.size());
   bool again = false;
@@ -84,11 +89,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     need[i] = 8 + *n;
     again = again || need[i] > prefixes[i].size();
   }
-  if (again) {
-    std::vector<std::string> full;
-    CS_RETURN_IF_ERROR(FetchPrefixes(*session, objs, need, &full));
-    prefixes = std::move(full);
-  }
+  if (again) CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, need, &prefixes));
   std::vector<ShardFile> files;
   for (std::size_t i = 0; i < shards.size(); ++i) {
     ShardFile sf;
@@ -108,16 +109,8 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   return m;
 }
 
-Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(RemoteModel model, const HostLoadOptions& options,
-                                                        RemoteLoadStats* stats);
-
-Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel model, const HostLoadOptions& options,
+Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats) {
-  return LoadToHostFromRemote(std::move(model), options, stats);
-}
-
-Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(RemoteModel rm, const HostLoadOptions& options,
-                                                        RemoteLoadStats* stats) {
   const auto t0 = std::chrono::steady_clock::now();
   auto model = std::make_shared<HostModel>();
   model->layout_ = std::move(rm.layout);

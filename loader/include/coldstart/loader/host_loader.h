@@ -53,8 +53,8 @@ class HostModel {
 
  private:
   friend Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoadOptions& options);
-  friend Result<std::shared_ptr<HostModel>> LoadToHostFromRemote(struct RemoteModel model, const HostLoadOptions& options,
-                                                                 struct RemoteLoadStats* stats);
+  friend Result<std::shared_ptr<HostModel>> LoadRemoteToHost(struct RemoteModel model, const HostLoadOptions& options,
+                                                             struct RemoteLoadStats* stats);
   ModelLayout layout_;
   cache::HostArena arena_;
   std::vector<HostTensor> tensors_;
