@@ -273,6 +273,16 @@ Result<SynthReport> SynthesizeModel(const std::string& out_dir, const SynthOptio
   } else {
     fs::remove(index_path, ec);  // a stale index from an earlier run would point elsewhere
   }
+  // Shards of an earlier synth with another shard count would otherwise be taken as part of
+  // this model (a folder without an index loads every *.safetensors file).
+  for (const auto& e : fs::directory_iterator(out_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const bool ours = name == "model.safetensors" ||
+                      (name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos &&
+                       name.size() > 12 && name.substr(name.size() - 12) == ".safetensors");
+    if (ours && std::find(report.files.begin(), report.files.end(), name) == report.files.end())
+      fs::remove(e.path(), ec);
+  }
   return report;
 }
 

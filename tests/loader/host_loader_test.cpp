@@ -83,6 +83,19 @@ TEST(Synth, SameSeedSameTensorsWhateverTheSharding) {
   EXPECT_GT(da.size(), 20u);
 }
 
+TEST(Synth, RewritingWithFewerShardsLeavesNoStaleShard) {
+  TempDir d;
+  SynthOptions o;
+  o.shards = 3;
+  ASSERT_TRUE(SynthesizeModel(d.path(), o).ok());
+  o.shards = 1;
+  ASSERT_TRUE(SynthesizeModel(d.path(), o).ok());
+  EXPECT_FALSE(std::filesystem::exists(d / "model-00001-of-00003.safetensors"));
+  auto layout = OpenLocalModel(d.path());
+  ASSERT_TRUE(layout.ok()) << layout.error().message;
+  EXPECT_EQ(layout->files.size(), 1u);
+}
+
 TEST(Synth, SizeIsApproximatelyHonoured) {
   TempDir d;
   SynthOptions o;
