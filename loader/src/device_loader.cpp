@@ -394,27 +394,9 @@ class DevicePipeline {
       if (cancelled_ || HasError()) return OkStatus();  // the pipeline's own reason wins
       return rm.session->Annotate(std::move(st).error());
     }
-    // Whole-object CRC32C, when every data byte of every file was fetched.
-    std::vector<std::uint64_t> covered(m.files.size(), 0);
-    for (const auto& r : ranges) covered[r.object] += r.length;
-    bool all = true;
-    for (std::size_t f = 0; f < m.files.size(); ++f) all = all && covered[f] == m.files[f].header.data_bytes && rm.files[f].crc32c;
-    if (all) {
-      std::vector<std::size_t> order(ranges.size());
-      for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-      std::sort(order.begin(), order.end(), [&](auto a, auto b) {
-        return ranges[a].object != ranges[b].object ? ranges[a].object < ranges[b].object : ranges[a].offset < ranges[b].offset;
-      });
-      std::vector<std::uint32_t> crc(m.files.size());
-      for (std::size_t f = 0; f < m.files.size(); ++f) crc[f] = fetch::Crc32c(rm.header_bytes[f].data(), rm.header_bytes[f].size());
-      for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], crcs[k], ranges[k].length);
-      for (std::size_t f = 0; f < m.files.size(); ++f)
-        if (crc[f] != *rm.files[f].crc32c)
-          return MakeError(Errc::kIntegrity, rm.files[f].object.display + ": CRC32C mismatch (server says " +
-                                                 fetch::Crc32cToBase64(*rm.files[f].crc32c) + ", received bytes give " +
-                                                 fetch::Crc32cToBase64(crc[f]) + "); the data was corrupted in transit");
-      model_->stats_.crc32c_verified = true;
-    }
+    // Whole-object CRC32C, when every data byte of every file was fetched (no filter).
+    CS_ASSIGN_OR_RETURN(auto verified, VerifyCrc32c(rm.files, rm.header_bytes, m, ranges, crcs));
+    model_->stats_.crc32c_verified = std::all_of(verified.begin(), verified.end(), [](bool v) { return v; });
     return OkStatus();
   }
 
@@ -516,14 +498,9 @@ Result<std::shared_ptr<DeviceModel>> LoadLocalToDevice(ModelLayout layout, const
 }
 
 Result<std::shared_ptr<DeviceModel>> Loader::Load(const Env& env) const {
-  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(source_));
-  if (src.kind == fetch::SourceKind::kLocal) {
-    CS_ASSIGN_OR_RETURN(auto layout, OpenLocalModel(source_));
-    return LoadLocalToDevice(std::move(layout), options_);
-  }
-  CS_ASSIGN_OR_RETURN(auto session, fetch::RemoteSession::Open(src, remote_, env));
-  CS_ASSIGN_OR_RETURN(auto rm, OpenRemoteModel(session));
-  return LoadRemoteToDevice(std::move(rm), options_);
+  CS_ASSIGN_OR_RETURN(auto opened, OpenModel(source_, remote_, env));
+  if (opened.remote) return LoadRemoteToDevice(std::move(*opened.remote), options_);
+  return LoadLocalToDevice(std::move(opened.local), options_);
 }
 
 Result<std::shared_ptr<DeviceModel>> LoadRemoteToDevice(RemoteModel rm, const DeviceLoadOptions& options) {

@@ -11,6 +11,28 @@ Status HostLoadOptions::ApplyEnv(const Env& env) {
   return OkStatus();
 }
 
+std::vector<std::uint64_t> HostModel::PlaceFiles(const ModelLayout& m, std::uint64_t* total) {
+  constexpr std::uint64_t A = fetch::kDirectAlign;
+  std::vector<std::uint64_t> file_pos(m.files.size());
+  std::uint64_t cursor = 0;
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    const auto& h = m.files[i].header;
+    file_pos[i] = (cursor + A - 1) / A * A + h.data_start() % A;
+    cursor = file_pos[i] + h.data_bytes;
+  }
+  *total = cursor;
+  return file_pos;
+}
+
+void HostModel::SliceTensors(const std::vector<std::uint64_t>& file_pos) {
+  tensors_.clear();
+  tensors_.reserve(layout_.tensors.size());
+  for (const auto& t : layout_.tensors) {
+    const auto& h = layout_.files[t.file].header;
+    tensors_.push_back({&t, arena_.data() + file_pos[t.file] + (t.offset - h.data_start())});
+  }
+}
+
 const HostTensor* HostModel::Find(std::string_view name) const {
   for (const auto& t : tensors_)
     if (t.entry->name == name) return &t;
@@ -23,18 +45,9 @@ Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoad
   model->layout_ = std::move(layout);
   const ModelLayout& m = model->layout_;
 
-  // Each file's data section lands at an arena position congruent to its file offset modulo
-  // the O_DIRECT alignment, so the aligned middle of every read can bypass the page cache.
-  constexpr std::uint64_t A = fetch::kDirectAlign;
-  std::vector<std::uint64_t> file_pos(m.files.size());
-  std::uint64_t cursor = 0;
-  for (std::size_t i = 0; i < m.files.size(); ++i) {
-    const auto& h = m.files[i].header;
-    std::uint64_t pos = (cursor + A - 1) / A * A + h.data_start() % A;
-    file_pos[i] = pos;
-    cursor = pos + h.data_bytes;
-  }
-  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(cursor, options.arena));
+  std::uint64_t arena_bytes = 0;
+  const std::vector<std::uint64_t> file_pos = HostModel::PlaceFiles(m, &arena_bytes);
+  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, options.arena));
 
   std::vector<std::string> paths;
   std::vector<fetch::ReadRange> ranges;
@@ -61,11 +74,7 @@ Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoad
   }
   CS_RETURN_IF_ERROR(reader->Read(files, ranges, progress, &model->stats_.read));
 
-  model->tensors_.reserve(m.tensors.size());
-  for (const auto& t : m.tensors) {
-    const auto& h = m.files[t.file].header;
-    model->tensors_.push_back({&t, model->arena_.data() + file_pos[t.file] + (t.offset - h.data_start())});
-  }
+  model->SliceTensors(file_pos);
   model->stats_.bytes = model->stats_.read.bytes;
   model->stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return model;

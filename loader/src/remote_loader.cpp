@@ -109,19 +109,55 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   return m;
 }
 
+Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env) {
+  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(source));
+  OpenedModel opened;
+  if (src.kind == fetch::SourceKind::kLocal) {
+    CS_ASSIGN_OR_RETURN(opened.local, OpenLocalModel(std::string(source)));
+    return opened;
+  }
+  CS_ASSIGN_OR_RETURN(auto session, fetch::RemoteSession::Open(src, remote, env));
+  CS_ASSIGN_OR_RETURN(auto rm, OpenRemoteModel(std::move(session)));
+  opened.remote = std::move(rm);
+  return opened;
+}
+
+Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
+                                       std::span<const std::string> header_bytes, const ModelLayout& m,
+                                       std::span<const fetch::FetchRange> ranges,
+                                       std::span<const std::uint32_t> range_crc) {
+  std::vector<std::uint64_t> covered(m.files.size(), 0);
+  for (const auto& r : ranges) covered[r.object] += r.length;
+  std::vector<std::size_t> order(ranges.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) {
+    return ranges[a].object != ranges[b].object ? ranges[a].object < ranges[b].object : ranges[a].offset < ranges[b].offset;
+  });
+  // The header bytes we already hold, then the data ranges in offset order.
+  std::vector<std::uint32_t> crc(m.files.size());
+  for (std::size_t i = 0; i < m.files.size(); ++i) crc[i] = fetch::Crc32c(header_bytes[i].data(), header_bytes[i].size());
+  for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
+  std::vector<bool> verified(m.files.size(), false);
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    if (!files[i].crc32c || covered[i] != m.files[i].header.data_bytes) continue;
+    if (*files[i].crc32c != crc[i])
+      return MakeError(Errc::kIntegrity, files[i].object.display + ": CRC32C mismatch (server says " +
+                                             fetch::Crc32cToBase64(*files[i].crc32c) + ", received bytes give " +
+                                             fetch::Crc32cToBase64(crc[i]) + "); the data was corrupted in transit");
+    verified[i] = true;
+  }
+  return verified;
+}
+
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats) {
   const auto t0 = std::chrono::steady_clock::now();
   auto model = std::make_shared<HostModel>();
   model->layout_ = std::move(rm.layout);
   const ModelLayout& m = model->layout_;
-  std::vector<std::uint64_t> file_pos(m.files.size());
-  std::uint64_t cursor = 0;
-  for (std::size_t i = 0; i < m.files.size(); ++i) {
-    file_pos[i] = (cursor + 4095) / 4096 * 4096;
-    cursor = file_pos[i] + m.files[i].header.data_bytes;
-  }
-  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(cursor, options.arena));
+  std::uint64_t arena_bytes = 0;
+  const std::vector<std::uint64_t> file_pos = HostModel::PlaceFiles(m, &arena_bytes);
+  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, options.arena));
 
   const auto& fo = rm.session->options().fetch;
   std::vector<fetch::RemoteObject> objs;
@@ -156,42 +192,23 @@ Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLo
   fetch::FetchStats fs;
   if (auto st = fetcher.Fetch(objs, ranges, cb, &fs); !st.ok()) return rm.session->Annotate(std::move(st).error());
 
-  // Whole-object CRC32C: the header bytes we already hold, then the data ranges in order.
+  CS_ASSIGN_OR_RETURN(auto crc_ok, VerifyCrc32c(rm.files, rm.header_bytes, m, ranges, range_crc));
   bool all_verified = true;
-  std::vector<std::size_t> order(ranges.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](auto a, auto b) {
-    return ranges[a].object != ranges[b].object ? ranges[a].object < ranges[b].object : ranges[a].offset < ranges[b].offset;
-  });
-  std::vector<std::uint32_t> crc(m.files.size());
-  for (std::size_t i = 0; i < m.files.size(); ++i)
-    crc[i] = fetch::Crc32c(rm.header_bytes[i].data(), rm.header_bytes[i].size());
-  for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
   for (std::size_t i = 0; i < m.files.size(); ++i) {
-    if (!rm.files[i].crc32c) {
-      if (rm.files[i].md5_base64.empty()) {
-        all_verified = false;
-        continue;
-      }
-      // No CRC32C to combine: MD5 over the header we hold and the data in the arena.
-      fetch::Md5 md5;
-      md5.Update(rm.header_bytes[i].data(), rm.header_bytes[i].size());
-      md5.Update(model->arena_.data() + file_pos[i], m.files[i].header.data_bytes);
-      if (md5.Base64Digest() != rm.files[i].md5_base64)
-        return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": MD5 mismatch; the data was corrupted in transit");
-      if (stats) ++stats->verified_md5;
+    if (crc_ok[i]) continue;
+    if (rm.files[i].md5_base64.empty()) {
+      all_verified = false;
       continue;
     }
-    if (*rm.files[i].crc32c != crc[i])
-      return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": CRC32C mismatch (server says " +
-                                             fetch::Crc32cToBase64(*rm.files[i].crc32c) + ", received bytes give " +
-                                             fetch::Crc32cToBase64(crc[i]) + "); the data was corrupted in transit");
+    // No CRC32C to combine: MD5 over the header we hold and the data in the arena.
+    fetch::Md5 md5;
+    md5.Update(rm.header_bytes[i].data(), rm.header_bytes[i].size());
+    md5.Update(model->arena_.data() + file_pos[i], m.files[i].header.data_bytes);
+    if (md5.Base64Digest() != rm.files[i].md5_base64)
+      return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": MD5 mismatch; the data was corrupted in transit");
+    if (stats) ++stats->verified_md5;
   }
-  model->tensors_.reserve(m.tensors.size());
-  for (const auto& t : m.tensors) {
-    const auto& h = m.files[t.file].header;
-    model->tensors_.push_back({&t, model->arena_.data() + file_pos[t.file] + (t.offset - h.data_start())});
-  }
+  model->SliceTensors(file_pos);
   model->stats_.bytes = fs.bytes;
   model->stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   model->stats_.read.engine = "http";

@@ -2,7 +2,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "coldstart/fetch/hash.h"
 
 #include "coldstart/env.h"
 
@@ -41,6 +48,38 @@ Result<ProgressMode> ParseProgressMode(const std::string& text) {
   if (text == "json") return ProgressMode::kJson;
   if (text == "off" || text == "none") return ProgressMode::kOff;
   return MakeError(Errc::kInvalidArgument, "progress mode '" + text + "' is not one of auto, bar, json, off");
+}
+
+Result<std::vector<std::string>> ParallelSha256(const std::vector<std::uint64_t>& sizes, const DigestFeed& feed) {
+  std::vector<std::string> out(sizes.size());
+  std::vector<std::size_t> order(sizes.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sizes[a] > sizes[b]; });
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  std::optional<Error> err;
+  auto work = [&] {
+    std::vector<std::byte> buf;
+    for (std::size_t k; (k = next.fetch_add(1)) < order.size();) {
+      const std::size_t i = order[k];
+      auto bytes = feed(i, buf);
+      if (!bytes.ok()) {
+        std::lock_guard lk(mu);
+        if (!err) err = std::move(bytes).error();
+        return;
+      }
+      fetch::Sha256 h;
+      h.Update(*bytes, sizes[i]);
+      out[i] = h.HexDigest();
+    }
+  };
+  const unsigned n = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n; ++i) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (err) return *err;
+  return out;
 }
 
 double SecondsSince(std::chrono::steady_clock::time_point t0) {

@@ -3,7 +3,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstddef>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "coldstart/result.h"
 
@@ -34,6 +37,12 @@ class ProgressPrinter {
 };
 
 double SecondsSince(std::chrono::steady_clock::time_point t0);
+
+// SHA-256 (hex) of `sizes.size()` items spread over the cores, largest first. `feed(i, buf)`
+// returns item i's bytes: a pointer to them, or after copying them into `buf` (read back from
+// a device). The first error wins.
+using DigestFeed = std::function<Result<const std::byte*>(std::size_t i, std::vector<std::byte>& buf)>;
+Result<std::vector<std::string>> ParallelSha256(const std::vector<std::uint64_t>& sizes, const DigestFeed& feed);
 std::string FormatRate(double bytes_per_second);  // "1.52 GB/s" (decimal, like dd and curl)
 
 }  // namespace coldstart::cli

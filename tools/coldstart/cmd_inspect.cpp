@@ -18,20 +18,9 @@ std::string ShapeText(const std::vector<std::uint64_t>& shape) {
 
 int RunInspect(const InspectArgs& args) {
   if (auto st = Env::FromProcess().Validate(); !st.ok()) return ReportError(st.error());
-  auto source = fetch::ParseSource(args.source);
-  if (!source.ok()) return ReportError(source.error());
-  Result<loader::ModelLayout> layout = MakeError(Errc::kInternal, "unset");
-  if (source->kind == fetch::SourceKind::kLocal) {
-    layout = loader::OpenLocalModel(args.source);
-  } else {
-    auto session = OpenRemote(*source, args.remote);
-    if (!session.ok()) return ReportError(session.error());
-    auto rm = loader::OpenRemoteModel(*session);
-    if (!rm.ok()) return ReportError(rm.error());
-    layout = std::move(rm->layout);
-  }
-  if (!layout.ok()) return ReportError(layout.error());
-  const auto& m = *layout;
+  auto opened = OpenModel(args.source, args.remote);
+  if (!opened.ok()) return ReportError(opened.error());
+  const auto& m = opened->layout();
   if (args.json) {
     nlohmann::ordered_json j;
     j["source"] = m.source;

@@ -20,36 +20,6 @@ namespace coldstart::cli {
 std::string ShapeText(const std::vector<std::uint64_t>& shape);
 int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device);
 
-namespace {
-
-// SHA-256 of every tensor, spread over the cores (one tensor per task, largest first).
-// `data` holds each tensor's memory as libtorch sees it (data_ptr()), or the arena's.
-std::vector<std::string> DigestAll(const loader::HostModel& model, const std::vector<const void*>& data) {
-  const auto ts = model.tensors();
-  std::vector<std::string> out(ts.size());
-  std::vector<std::size_t> order(ts.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return ts[a].entry->nbytes > ts[b].entry->nbytes;
-  });
-  std::atomic<std::size_t> next{0};
-  auto work = [&] {
-    for (std::size_t k; (k = next.fetch_add(1)) < order.size();) {
-      const std::size_t i = order[k];
-      fetch::Sha256 h;
-      h.Update(data[i], ts[i].entry->nbytes);
-      out[order[k]] = h.HexDigest();
-    }
-  };
-  unsigned n = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> threads;
-  for (unsigned i = 1; i < n; ++i) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  return out;
-}
-
-}  // namespace
 
 int RunLoad(const LoadArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -64,30 +34,21 @@ int RunLoad(const LoadArgs& args) {
   // dlopen'ing libtorch takes ~0.35 s: do it while the headers and bytes are being read.
   std::future<Result<const TorchPluginApi*>> plugin_future;
   if (args.torch) plugin_future = std::async(std::launch::async, [] { return LoadTorchPlugin(); });
-  auto source = fetch::ParseSource(args.source);
-  if (!source.ok()) return ReportError(source.error());
   ProgressPrinter bar(*mode, "load");
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
     return true;
   };
   Result<std::shared_ptr<loader::HostModel>> host = MakeError(Errc::kInternal, "unset");
-  double plan_seconds = 0;
   loader::RemoteLoadStats remote_stats;
-  const bool remote = source->kind != fetch::SourceKind::kLocal;
-  if (!remote) {
-    auto layout = loader::OpenLocalModel(args.source);
-    if (!layout.ok()) return ReportError(layout.error());
-    plan_seconds = SecondsSince(t0);
-    host = loader::LoadToHost(std::move(layout).value(), *opts);
-  } else {
-    auto session = OpenRemote(*source, args.remote);
-    if (!session.ok()) return ReportError(session.error());
-    auto rm = loader::OpenRemoteModel(*session);
-    if (!rm.ok()) return ReportError(rm.error());
-    plan_seconds = SecondsSince(t0);
-    host = loader::LoadRemoteToHost(std::move(rm).value(), *opts, &remote_stats);
-  }
+  auto opened = OpenModel(args.source, args.remote);
+  if (!opened.ok()) return ReportError(opened.error());
+  const double plan_seconds = SecondsSince(t0);
+  const bool remote = opened->remote.has_value();
+  if (remote)
+    host = loader::LoadRemoteToHost(std::move(*opened->remote), *opts, &remote_stats);
+  else
+    host = loader::LoadToHost(std::move(opened->local), *opts);
   bar.Finish();
   if (!host.ok()) return ReportError(host.error());
   std::shared_ptr<const loader::HostModel> model = std::move(host).value();
@@ -113,7 +74,14 @@ int RunLoad(const LoadArgs& args) {
   double digest_seconds = 0;
   if (!args.digest.empty()) {
     auto d0 = std::chrono::steady_clock::now();
-    digests = DigestAll(*model, torch.data);
+    std::vector<std::uint64_t> sizes;
+    for (const auto& t : model->tensors()) sizes.push_back(t.entry->nbytes);
+    // The bytes as libtorch sees them (data_ptr()), or the arena's with --no-torch.
+    auto d = ParallelSha256(sizes, [&](std::size_t i, std::vector<std::byte>&) -> Result<const std::byte*> {
+      return static_cast<const std::byte*>(torch.data[i]);
+    });
+    if (!d.ok()) return ReportError(d.error());
+    digests = std::move(d).value();
     digest_seconds = SecondsSince(d0);
   }
   const double bytes = static_cast<double>(st.bytes);

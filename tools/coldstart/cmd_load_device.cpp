@@ -55,34 +55,6 @@ Result<loader::DeviceLoadOptions> MakeDeviceOptions(const LoadArgs& args, const 
   return o;
 }
 
-// SHA-256 of each tensor's bytes in device memory (read back), spread over the cores.
-Result<std::vector<std::string>> DeviceDigests(const loader::DeviceModel& m) {
-  const auto& ts = m.tensors();
-  std::vector<std::string> out(ts.size());
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::optional<Error> err;
-  auto work = [&] {
-    std::vector<std::byte> buf;
-    for (std::size_t i; (i = next.fetch_add(1)) < ts.size();) {
-      buf.resize(ts[i].nbytes);
-      auto st = m.ReadBack(ts[i], buf.data());
-      if (!st.ok()) {
-        std::lock_guard lk(mu);
-        if (!err) err = std::move(st).error();
-        return;
-      }
-      out[i] = fetch::Sha256Hex(buf);
-    }
-  };
-  std::vector<std::thread> threads;
-  for (unsigned i = 1; i < std::min(8u, std::max(1u, std::thread::hardware_concurrency())); ++i) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  if (err) return *err;
-  return out;
-}
-
 }  // namespace
 
 int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
@@ -93,8 +65,6 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
     return ReportError(MakeError(Errc::kInvalidArgument, "--digest needs the bytes: drop --sim-discard"));
   auto mode = ParseProgressMode(args.read.progress);
   if (!mode.ok()) return ReportError(mode.error());
-  auto source = fetch::ParseSource(args.source);
-  if (!source.ok()) return ReportError(source.error());
   ProgressPrinter bar(*mode, "load " + device.ToString());
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
@@ -102,18 +72,10 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   };
   std::atomic<std::uint64_t> ready{0};
   opts->on_ready = [&ready](const loader::DeviceTensor&) { ready.fetch_add(1); };
-  Result<std::shared_ptr<loader::DeviceModel>> model = MakeError(Errc::kInternal, "unset");
-  if (source->kind == fetch::SourceKind::kLocal) {
-    auto layout = loader::OpenLocalModel(args.source);
-    if (!layout.ok()) return ReportError(layout.error());
-    model = loader::LoadLocalToDevice(std::move(layout).value(), *opts);
-  } else {
-    auto session = OpenRemote(*source, args.remote);
-    if (!session.ok()) return ReportError(session.error());
-    auto rm = loader::OpenRemoteModel(*session);
-    if (!rm.ok()) return ReportError(rm.error());
-    model = loader::LoadRemoteToDevice(std::move(rm).value(), *opts);
-  }
+  auto opened = OpenModel(args.source, args.remote);
+  if (!opened.ok()) return ReportError(opened.error());
+  auto model = opened->remote ? loader::LoadRemoteToDevice(std::move(*opened->remote), *opts)
+                              : loader::LoadLocalToDevice(std::move(opened->local), *opts);
   bar.Finish();
   if (!model.ok()) return ReportError(model.error());
   const auto& m = **model;
@@ -121,7 +83,14 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   const double total = SecondsSince(t0);
   std::vector<std::string> digests;
   if (!args.digest.empty()) {
-    auto d = DeviceDigests(m);
+    std::vector<std::uint64_t> sizes;
+    for (const auto& t : m.tensors()) sizes.push_back(t.nbytes);
+    // Read back from device memory, then hashed on the host.
+    auto d = ParallelSha256(sizes, [&](std::size_t i, std::vector<std::byte>& buf) -> Result<const std::byte*> {
+      buf.resize(m.tensors()[i].nbytes);
+      CS_RETURN_IF_ERROR(m.ReadBack(m.tensors()[i], buf.data()));
+      return static_cast<const std::byte*>(buf.data());
+    });
     if (!d.ok()) return ReportError(d.error());
     digests = std::move(d).value();
   }

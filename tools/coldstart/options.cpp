@@ -49,6 +49,11 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
   return o;
 }
 
+Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags) {
+  CS_ASSIGN_OR_RETURN(auto o, MakeRemoteOptions(flags));
+  return loader::OpenModel(source, o, Env::FromProcess());
+}
+
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags) {
   CS_ASSIGN_OR_RETURN(auto o, MakeRemoteOptions(flags));
   return fetch::RemoteSession::Open(source, o, Env::FromProcess());

@@ -2,6 +2,7 @@
 
 #include "coldstart/fetch/remote.h"
 #include "coldstart/loader/host_loader.h"
+#include "coldstart/loader/remote_loader.h"
 #include "commands.h"
 
 namespace coldstart::cli {
@@ -11,5 +12,7 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags);
 Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags);
 // Parses SRC; for remote sources opens the session (endpoint, credentials).
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags);
+// Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
+Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags);
 
 }  // namespace coldstart::cli

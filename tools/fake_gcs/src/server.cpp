@@ -40,6 +40,8 @@
 
 #include "auth.h"
 #include "coldstart/fetch/crc32c.h"
+#include "coldstart/fetch/hash.h"
+#include "coldstart/fetch/url.h"
 
 namespace coldstart::fakegcs {
 namespace {
@@ -119,25 +121,6 @@ void ResetConnection(int fd) {
   sockaddr sa{};
   sa.sa_family = AF_UNSPEC;
   (void)::connect(fd, &sa, sizeof(sa));
-}
-
-bool IsUnreserved(unsigned char c) {
-  return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-std::string PercentEncode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (IsUnreserved(c)) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
 }
 
 std::string Rfc3339(std::int64_t micros) {
@@ -430,9 +413,7 @@ struct Server::Impl {
       return slot->hashes;
     UniqueFd fd(::open(info.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) return MakeSysError(Errc::kIo, "open " + info.path, errno);
-    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md5(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    if (opt.md5 && (!md5 || EVP_DigestInit_ex(md5.get(), EVP_md5(), nullptr) != 1))
-      return MakeError(Errc::kInternal, "EVP md5 init failed");
+    fetch::Md5 md5;
     std::vector<char> buf(1 << 20);
     std::uint32_t crc = 0;
     for (;;) {
@@ -441,16 +422,11 @@ struct Server::Impl {
       if (n < 0) return MakeSysError(Errc::kIo, "read " + info.path, errno);
       if (n == 0) break;
       crc = fetch::Crc32cExtend(crc, buf.data(), static_cast<std::size_t>(n));
-      if (opt.md5) EVP_DigestUpdate(md5.get(), buf.data(), static_cast<std::size_t>(n));
+      if (opt.md5) md5.Update(buf.data(), static_cast<std::size_t>(n));
     }
     Hashes h;
     h.crc32c = crc;
-    if (opt.md5) {
-      unsigned char digest[EVP_MAX_MD_SIZE];
-      unsigned int len = 0;
-      EVP_DigestFinal_ex(md5.get(), digest, &len);
-      h.md5_b64 = fetch::Base64Encode(std::string_view(reinterpret_cast<const char*>(digest), len));
-    }
+    if (opt.md5) h.md5_b64 = md5.Base64Digest();
     slot->valid = true;
     slot->mtime_ns = mtime_ns;
     slot->size = static_cast<std::uint64_t>(st.st_size);
@@ -461,7 +437,7 @@ struct Server::Impl {
   Result<Json> ObjectJson(const ObjectInfo& info) {
     CS_ASSIGN_OR_RETURN(Hashes h, HashesOf(info));
     const std::string gen = std::to_string(info.generation);
-    const std::string enc = PercentEncode(info.name);
+    const std::string enc = fetch::UrlEncode(info.name);
     Json j = {
         {"kind", "storage#object"},
         {"id", info.key() + "/" + gen},

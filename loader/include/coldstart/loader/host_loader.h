@@ -55,6 +55,12 @@ class HostModel {
   friend Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoadOptions& options);
   friend Result<std::shared_ptr<HostModel>> LoadRemoteToHost(struct RemoteModel model, const HostLoadOptions& options,
                                                              struct RemoteLoadStats* stats);
+  // Where each file's data section starts in the arena: congruent to its file offset modulo
+  // the O_DIRECT alignment, so local reads can bypass the page cache. Sets *total.
+  static std::vector<std::uint64_t> PlaceFiles(const ModelLayout& layout, std::uint64_t* total);
+  // Fills tensors_ with slices of the arena placed by PlaceFiles.
+  void SliceTensors(const std::vector<std::uint64_t>& file_pos);
+
   ModelLayout layout_;
   cache::HostArena arena_;
   std::vector<HostTensor> tensors_;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,26 @@ struct RemoteLoadStats {
   bool verified_crc32c = false;  // every object was verified (CRC32C, or MD5 where it had none)
   unsigned verified_md5 = 0;     // objects verified by MD5 because the server had no CRC32C
 };
+
+// A model as the user names it: a local file or folder (layout only), or a remote source
+// (session, listing and headers: OpenRemoteModel).
+struct OpenedModel {
+  ModelLayout local;
+  std::optional<RemoteModel> remote;
+  const ModelLayout& layout() const { return remote ? remote->layout : local; }
+};
+// Parses `source` (path, gs://, http(s)://) and opens it; `remote`/`env` are used for remote
+// sources only.
+Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env);
+
+// Whole-object CRC32C of each file whose data section `ranges` cover exactly: the CRC of the
+// header bytes combined with each range's CRC in offset order, so nothing is read twice. Per
+// file: verified, or not checkable (no CRC32C on the server, or not fully fetched). A mismatch
+// is an Errc::kIntegrity error naming the object.
+Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
+                                       std::span<const std::string> header_bytes, const ModelLayout& layout,
+                                       std::span<const fetch::FetchRange> ranges,
+                                       std::span<const std::uint32_t> range_crc);
 
 // Fetches every tensor byte into one arena; fails with Errc::kIntegrity on a CRC32C mismatch.
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel model, const HostLoadOptions& options,
