@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <string>
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 
 namespace coldstart::cache {
 

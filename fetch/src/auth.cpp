@@ -16,10 +16,15 @@
 #include <mutex>
 #include <optional>
 
-#include "coldstart/fetch/crc32c.h"  // Base64UrlEncode
+#include "coldstart/core/crc32c.h"  // Base64UrlEncode
 #include "coldstart/fetch/url.h"
 
 #include "handles.h"
+
+namespace coldstart::fetch {
+void LinkEnvFetch();  // fetch_env.cpp
+}  // namespace coldstart::fetch
+
 
 namespace coldstart::fetch {
 namespace {
@@ -446,6 +451,7 @@ Result<std::string> MetadataHost(const Env& env) {
 }  // namespace
 
 Status AuthOptions::ApplyEnv(const Env& env) {
+  LinkEnvFetch();
   if (access_token.empty()) {
     if (auto v = env.Get("COLDSTART_ACCESS_TOKEN")) access_token = *v;
   }

@@ -18,6 +18,11 @@
 #include <thread>
 
 namespace coldstart::fetch {
+void LinkEnvFetch();  // fetch_env.cpp
+}  // namespace coldstart::fetch
+
+
+namespace coldstart::fetch {
 namespace {
 
 constexpr std::uint64_t kMaxChunk = 1ull << 30;  // an SQE's length is 32-bit
@@ -405,6 +410,7 @@ std::string_view IoEngineName(IoEngine e) {
 }
 
 Status LocalReadOptions::ApplyEnv(const Env& env) {
+  LinkEnvFetch();
   if (auto v = env.Get("COLDSTART_IO_ENGINE")) {
     auto e = ParseIoEngine(*v);
     if (!e.ok()) return std::move(e).error().WithContext("COLDSTART_IO_ENGINE");

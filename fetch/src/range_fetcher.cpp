@@ -14,10 +14,15 @@
 #include <optional>
 #include <thread>
 
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 #include "coldstart/fetch/http.h"
 
 #include "handles.h"
+
+namespace coldstart::fetch {
+void LinkEnvFetch();  // fetch_env.cpp
+}  // namespace coldstart::fetch
+
 
 namespace coldstart::fetch {
 namespace {
@@ -400,6 +405,7 @@ void Worker(Job* job, unsigned index, unsigned slots) {
 }  // namespace
 
 Status FetchOptions::ApplyEnv(const Env& env) {
+  LinkEnvFetch();
   CS_ASSIGN_OR_RETURN(auto c, env.GetUint("COLDSTART_CONCURRENCY"));
   if (c) concurrency = static_cast<unsigned>(std::min<std::uint64_t>(*c, 1u << 12));
   CS_ASSIGN_OR_RETURN(auto t, env.GetUint("COLDSTART_FETCH_THREADS"));

@@ -7,8 +7,13 @@
 #include <set>
 #include <thread>
 
-#include "coldstart/fetch/crc32c.h"
-#include "coldstart/fetch/relative_path.h"
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/relative_path.h"
+
+namespace coldstart::fetch {
+void LinkEnvFetch();  // fetch_env.cpp
+}  // namespace coldstart::fetch
+
 
 namespace coldstart::fetch {
 namespace {
@@ -22,6 +27,7 @@ std::string ObjectDisplay(const Source& s, const std::string& object) { return "
 }  // namespace
 
 Status RemoteOptions::ApplyEnv(const Env& env) {
+  LinkEnvFetch();
   if (endpoint.empty())
     if (auto e = env.Get("COLDSTART_ENDPOINT")) endpoint = *e;
   CS_RETURN_IF_ERROR(auth.ApplyEnv(env));

@@ -10,6 +10,11 @@
 #include <string>
 
 namespace coldstart::fetch {
+void LinkEnvFetch();  // fetch_env.cpp
+}  // namespace coldstart::fetch
+
+
+namespace coldstart::fetch {
 namespace {
 
 Status SecondsOption(const Env& env, std::string_view name, double* field) {
@@ -47,6 +52,7 @@ bool PermanentCurlCode(int code) {
 }  // namespace
 
 Status RetryOptions::ApplyEnv(const Env& env) {
+  LinkEnvFetch();
   CS_ASSIGN_OR_RETURN(auto attempts, env.GetUint("COLDSTART_RETRY_ATTEMPTS"));
   if (attempts) max_attempts = static_cast<unsigned>(std::min<std::uint64_t>(*attempts, 1u << 20));
   CS_RETURN_IF_ERROR(SecondsOption(env, "COLDSTART_RETRY_INITIAL", &initial_backoff_s));

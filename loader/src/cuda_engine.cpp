@@ -28,7 +28,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "coldstart/env.h"  // FormatBytes
+#include "coldstart/core/env.h"  // FormatBytes
 #include "coldstart/loader/copy_engine.h"
 #include "convert_internal.h"
 

@@ -10,8 +10,13 @@
 #include <mutex>
 #include <regex>
 
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 #include "coldstart/fetch/range_fetcher.h"
+
+namespace coldstart::loader {
+void LinkEnvLoader();  // loader_env.cpp
+}  // namespace coldstart::loader
+
 
 namespace coldstart::loader {
 namespace {
@@ -450,6 +455,7 @@ Result<LoadOrder> ParseLoadOrder(std::string_view text) {
 }
 
 Status DeviceLoadOptions::ApplyEnv(const Env& env) {
+  LinkEnvLoader();
   CS_RETURN_IF_ERROR(read.ApplyEnv(env));
   CS_ASSIGN_OR_RETURN(auto b, env.GetBytes("COLDSTART_STAGING_BYTES"));
   if (b) staging_bytes = *b;

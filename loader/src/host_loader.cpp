@@ -3,8 +3,14 @@
 #include <chrono>
 
 namespace coldstart::loader {
+void LinkEnvLoader();  // loader_env.cpp
+}  // namespace coldstart::loader
+
+
+namespace coldstart::loader {
 
 Status HostLoadOptions::ApplyEnv(const Env& env) {
+  LinkEnvLoader();
   CS_RETURN_IF_ERROR(read.ApplyEnv(env));
   CS_ASSIGN_OR_RETURN(auto huge, env.GetBool("COLDSTART_HUGE_PAGES"));
   if (huge) arena.huge_pages = *huge;

@@ -10,7 +10,7 @@
 #include <sstream>
 #include <unordered_map>
 
-#include "coldstart/fetch/relative_path.h"
+#include "coldstart/core/relative_path.h"
 
 namespace coldstart::loader {
 namespace {
@@ -42,7 +42,7 @@ const TensorEntry* ModelLayout::Find(std::string_view name) const {
 }
 
 Status CheckRelativeName(std::string_view name) {
-  return fetch::CheckRelativePath(name, "shard name", "the model folder");
+  return CheckRelativePath(name, "shard name", "the model folder");
 }
 
 Result<ShardIndex> ParseShardIndex(std::string_view json_text) {

@@ -14,8 +14,13 @@
 #include <mutex>
 #include <thread>
 
-#include "coldstart/fetch/crc32c.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/hash.h"
+
+namespace coldstart::loader {
+void LinkEnvLoader();  // loader_env.cpp
+}  // namespace coldstart::loader
+
 
 namespace coldstart::loader {
 namespace {
@@ -47,7 +52,7 @@ Status PwriteAll(int fd, const std::byte* p, std::uint64_t len, std::uint64_t of
 Result<std::string> FileMd5Base64(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return MakeSysError(Errc::kIo, path + ": cannot open", errno);
-  fetch::Md5 md5;
+  Md5 md5;
   std::vector<char> buf(4u << 20);
   ssize_t n;
   while ((n = ::read(fd, buf.data(), buf.size())) > 0) md5.Update(buf.data(), static_cast<std::size_t>(n));
@@ -70,6 +75,7 @@ struct Target {
 }  // namespace
 
 Status PrefetchOptions::ApplyEnv(const Env& env) {
+  LinkEnvLoader();
   CS_ASSIGN_OR_RETURN(auto f, env.GetBool("COLDSTART_PREFETCH_FSYNC"));
   if (f) fsync = *f;
   return OkStatus();
@@ -81,7 +87,7 @@ Result<std::uint32_t> FileCrc32c(const std::string& path) {
   std::vector<char> buf(4u << 20);
   std::uint32_t crc = 0;
   ssize_t n;
-  while ((n = ::read(fd, buf.data(), buf.size())) > 0) crc = fetch::Crc32cExtend(crc, buf.data(), static_cast<std::size_t>(n));
+  while ((n = ::read(fd, buf.data(), buf.size())) > 0) crc = Crc32cExtend(crc, buf.data(), static_cast<std::size_t>(n));
   int err = errno;
   ::close(fd);
   if (n < 0) return MakeSysError(Errc::kIo, path + ": read failed", err);
@@ -172,15 +178,15 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
     std::uint64_t pos = 0;
     for (std::size_t k = 0; k < t.crcs.size(); ++k) {
       std::uint64_t next = k + 1 < t.crcs.size() ? t.crcs[k + 1].first : t.remote->object.size;
-      crc = fetch::Crc32cCombine(crc, t.crcs[k].second, next - t.crcs[k].first);
+      crc = Crc32cCombine(crc, t.crcs[k].second, next - t.crcs[k].first);
       pos = next;
     }
     (void)pos;
     if (t.remote->crc32c) {
       if (*t.remote->crc32c != crc)
         return MakeError(Errc::kIntegrity, t.remote->object.display + ": CRC32C mismatch (server says " +
-                                               fetch::Crc32cToBase64(*t.remote->crc32c) + ", downloaded bytes give " +
-                                               fetch::Crc32cToBase64(crc) + "); nothing was written under " + t.final_path);
+                                               Crc32cToBase64(*t.remote->crc32c) + ", downloaded bytes give " +
+                                               Crc32cToBase64(crc) + "); nothing was written under " + t.final_path);
       ++report.verified_crc32c;
     } else if (!t.remote->md5_base64.empty()) {
       auto md5 = FileMd5Base64(t.temp_path);  // MD5 cannot be combined: a second pass

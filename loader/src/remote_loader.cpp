@@ -5,8 +5,8 @@
 #include <cstring>
 #include <mutex>
 
-#include "coldstart/fetch/crc32c.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/hash.h"
 
 namespace coldstart::loader {
 namespace {
@@ -135,15 +135,15 @@ Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
   });
   // The header bytes we already hold, then the data ranges in offset order.
   std::vector<std::uint32_t> crc(m.files.size());
-  for (std::size_t i = 0; i < m.files.size(); ++i) crc[i] = fetch::Crc32c(header_bytes[i].data(), header_bytes[i].size());
-  for (auto k : order) crc[ranges[k].object] = fetch::Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
+  for (std::size_t i = 0; i < m.files.size(); ++i) crc[i] = Crc32c(header_bytes[i].data(), header_bytes[i].size());
+  for (auto k : order) crc[ranges[k].object] = Crc32cCombine(crc[ranges[k].object], range_crc[k], ranges[k].length);
   std::vector<bool> verified(m.files.size(), false);
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     if (!files[i].crc32c || covered[i] != m.files[i].header.data_bytes) continue;
     if (*files[i].crc32c != crc[i])
       return MakeError(Errc::kIntegrity, files[i].object.display + ": CRC32C mismatch (server says " +
-                                             fetch::Crc32cToBase64(*files[i].crc32c) + ", received bytes give " +
-                                             fetch::Crc32cToBase64(crc[i]) + "); the data was corrupted in transit");
+                                             Crc32cToBase64(*files[i].crc32c) + ", received bytes give " +
+                                             Crc32cToBase64(crc[i]) + "); the data was corrupted in transit");
     verified[i] = true;
   }
   return verified;
@@ -201,7 +201,7 @@ Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLo
       continue;
     }
     // No CRC32C to combine: MD5 over the header we hold and the data in the arena.
-    fetch::Md5 md5;
+    Md5 md5;
     md5.Update(rm.header_bytes[i].data(), rm.header_bytes[i].size());
     md5.Update(model->arena_.data() + file_pos[i], m.files[i].header.data_bytes);
     if (md5.Base64Digest() != rm.files[i].md5_base64)

@@ -9,8 +9,8 @@
 #include <mutex>
 #include <thread>
 
-#include "coldstart/env.h"
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/env.h"
+#include "coldstart/core/crc32c.h"
 #include "coldstart/loader/copy_engine.h"
 
 namespace coldstart::loader {
@@ -121,7 +121,7 @@ class SimEngine final : public CopyEngine {
           case Conversion::kBf16ToF32: ConvertBf16ToF32(it.r.src, it.r.len / 2, dst); break;
         }
       } else {
-        std::uint32_t c = fetch::Crc32c(it.r.src, it.r.len);
+        std::uint32_t c = Crc32c(it.r.src, it.r.len);
         std::lock_guard g(mu_);
         checksum_ ^= c;
       }

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "../common/temp_dir.h"
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 #include "loopback_server.h"
 
 namespace coldstart::fetch {

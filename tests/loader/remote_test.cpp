@@ -12,8 +12,8 @@
 #include "../common/temp_dir.h"
 #include "../fetch/loopback_server.h"
 #include "coldstart/fake_gcs/server.h"
-#include "coldstart/fetch/crc32c.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/hash.h"
 #include "coldstart/loader/prefetch.h"
 #include "coldstart/loader/remote_loader.h"
 #include "coldstart/loader/synth.h"
@@ -441,7 +441,7 @@ TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
     EXPECT_TRUE(out == body) << path;
     EXPECT_GT(st.discarded_bytes, 0u) << path;
     for (std::size_t i = 0; i < ranges.size(); ++i)
-      EXPECT_EQ(crcs[i], fetch::Crc32c(body.data() + ranges[i].offset, ranges[i].length));
+      EXPECT_EQ(crcs[i], Crc32c(body.data() + ranges[i].offset, ranges[i].length));
   }
 }
 
@@ -459,7 +459,7 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   so.shards = 1;
   ASSERT_TRUE(SynthesizeModel(d / "m", so).ok());
   const std::string body = coldstart::testing::ReadFile(d / "m/model.safetensors");
-  fetch::Md5 md5;
+  Md5 md5;
   md5.Update(body.data(), body.size());
   const std::string good = md5.Base64Digest();
   std::string served_md5 = good;
@@ -489,7 +489,7 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   auto p = Prefetch(*open(), dest.path(), PrefetchOptions{});
   ASSERT_TRUE(p.ok()) << p.error().message;
   EXPECT_EQ(p->verified_md5, 1u);
-  served_md5 = fetch::Base64Encode(std::string(16, 'x'));
+  served_md5 = Base64Encode(std::string(16, 'x'));
   auto bad = OpenRemoteModel(open());
   ASSERT_TRUE(bad.ok());
   auto m2 = LoadRemoteToHost(std::move(bad).value(), HostLoadOptions{});

@@ -27,7 +27,7 @@
 
 #include "../common/temp_dir.h"
 #include "coldstart/fake_gcs/server.h"
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 
 namespace {
 
@@ -127,7 +127,7 @@ std::string Md5Base64(const std::string& data) {
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), d, &len, EVP_md5(), nullptr);
-  return coldstart::fetch::Base64Encode(std::string_view(reinterpret_cast<char*>(d), len));
+  return coldstart::Base64Encode(std::string_view(reinterpret_cast<char*>(d), len));
 }
 
 class FakeGcs : public ::testing::Test {
@@ -228,7 +228,7 @@ TEST_F(FakeGcs, MetadataMatchesTheFile) {
   ASSERT_TRUE(j["generation"].is_string());
   EXPECT_EQ(j["generation"], std::to_string(*server_->Generation("bkt", "model-00001.safetensors")));
   EXPECT_EQ(j["metageneration"], "1");
-  EXPECT_EQ(j["crc32c"], coldstart::fetch::Crc32cToBase64(coldstart::fetch::Crc32c(model_)));
+  EXPECT_EQ(j["crc32c"], coldstart::Crc32cToBase64(coldstart::Crc32c(model_)));
   EXPECT_EQ(j["md5Hash"], Md5Base64(model_));
   EXPECT_EQ(j["contentType"], "application/octet-stream");
   EXPECT_TRUE(j.contains("updated"));
@@ -246,7 +246,7 @@ TEST_F(FakeGcs, MetadataMatchesTheFile) {
 
 TEST_F(FakeGcs, MediaHonoursRanges) {
   Start();
-  const std::string crc = "crc32c=" + coldstart::fetch::Crc32cToBase64(coldstart::fetch::Crc32c(model_));
+  const std::string crc = "crc32c=" + coldstart::Crc32cToBase64(coldstart::Crc32c(model_));
   auto full = Get(ModelMedia());
   ASSERT_EQ(full.status, 200);
   EXPECT_EQ(full.body, model_);
@@ -415,8 +415,8 @@ TEST_F(FakeGcs, CutResetStallCorruptFaultsBreakTheBody) {
   for (std::size_t i = 0; i < model_.size(); ++i)
     if (k.body[i] != model_[i]) diffs.push_back(i);
   EXPECT_EQ(diffs, std::vector<std::size_t>{777777});
-  EXPECT_NE(coldstart::fetch::Crc32cToBase64(coldstart::fetch::Crc32c(k.body)) ,
-            coldstart::fetch::Crc32cToBase64(coldstart::fetch::Crc32c(model_)));
+  EXPECT_NE(coldstart::Crc32cToBase64(coldstart::Crc32c(k.body)) ,
+            coldstart::Crc32cToBase64(coldstart::Crc32c(model_)));
 
   // Faults are used up: the next download is whole.
   EXPECT_EQ(Get(ModelMedia()).body, model_);
@@ -529,7 +529,7 @@ Pkey PemKey(const std::string& pem) {
 }
 
 std::string SignJwt(EVP_PKEY* key, const Json& header, const Json& claims) {
-  using coldstart::fetch::Base64UrlEncode;
+  using coldstart::Base64UrlEncode;
   std::string input = Base64UrlEncode(header.dump()) + "." + Base64UrlEncode(claims.dump());
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key);

@@ -9,9 +9,9 @@
 #include <optional>
 #include <thread>
 
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/hash.h"
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 
 namespace coldstart::cli {
 
@@ -68,7 +68,7 @@ Result<std::vector<std::string>> ParallelSha256(const std::vector<std::uint64_t>
         if (!err) err = std::move(bytes).error();
         return;
       }
-      fetch::Sha256 h;
+      Sha256 h;
       h.Update(*bytes, sizes[i]);
       out[i] = h.HexDigest();
     }

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::cli {
 

@@ -2,7 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/loader/model.h"
 #include "coldstart/loader/remote_loader.h"
 #include "options.h"

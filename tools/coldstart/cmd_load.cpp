@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "cli.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/hash.h"
 #include "torch_plugin.h"
 #include "commands.h"
 #include "coldstart/loader/copy_engine.h"

@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "cli.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/hash.h"
 #include "coldstart/loader/device_loader.h"
 #include "commands.h"
 #include "options.h"

@@ -2,7 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.h"
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/loader/synth.h"
 #include "commands.h"
 
@@ -41,9 +41,11 @@ int RunSynth(const SynthArgs& args) {
 int RunEnv() {
   const Env env = Env::FromProcess();
   for (const auto& v : KnownEnvVars()) {
+    // Secrets (tokens) and URL passwords are never printed: env output lands in build logs.
     auto cur = env.Get(v.name);
+    std::string shown = cur ? " = " + RedactEnvValue(v.name, *cur) : "";
     std::printf("%s (default %s)%s\n    %s\n", std::string(v.name).c_str(), std::string(v.default_value).c_str(),
-                cur ? (" = " + *cur).c_str() : "", std::string(v.doc).c_str());
+                shown.c_str(), std::string(v.doc).c_str());
   }
   if (auto st = env.Validate(); !st.ok()) return ReportError(st.error());
   return 0;

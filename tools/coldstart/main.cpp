@@ -4,7 +4,7 @@
 #include <cstdio>
 
 #include "cli.h"
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "commands.h"
 
 namespace {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/fake_gcs/server.h"
 
 int main(int argc, char** argv) {

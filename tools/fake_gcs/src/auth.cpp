@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 
 namespace coldstart::fakegcs::internal {
 namespace {
@@ -53,9 +53,9 @@ Status VerifyJwtAssertion(std::string_view jwt, const JwtExpectations& want) {
     return Invalid("Invalid JWT: not three dot-separated parts.");
   auto header_b64 = jwt.substr(0, dot1);
   auto claims_b64 = jwt.substr(dot1 + 1, dot2 - dot1 - 1);
-  auto header_raw = fetch::Base64UrlDecode(header_b64);
-  auto claims_raw = fetch::Base64UrlDecode(claims_b64);
-  auto sig = fetch::Base64UrlDecode(jwt.substr(dot2 + 1));
+  auto header_raw = Base64UrlDecode(header_b64);
+  auto claims_raw = Base64UrlDecode(claims_b64);
+  auto sig = Base64UrlDecode(jwt.substr(dot2 + 1));
   if (!header_raw.ok() || !claims_raw.ok() || !sig.ok()) return Invalid("Invalid JWT: bad base64url.");
   auto header = nlohmann::json::parse(*header_raw, nullptr, /*allow_exceptions=*/false);
   auto claims = nlohmann::json::parse(*claims_raw, nullptr, /*allow_exceptions=*/false);

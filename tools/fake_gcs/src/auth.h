@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fakegcs::internal {
 

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/fake_gcs/server.h"
 
 namespace coldstart::fakegcs {

@@ -39,8 +39,8 @@
 #include <thread>
 
 #include "auth.h"
-#include "coldstart/fetch/crc32c.h"
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/hash.h"
 #include "coldstart/fetch/url.h"
 
 namespace coldstart::fakegcs {
@@ -413,7 +413,7 @@ struct Server::Impl {
       return slot->hashes;
     UniqueFd fd(::open(info.path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) return MakeSysError(Errc::kIo, "open " + info.path, errno);
-    fetch::Md5 md5;
+    Md5 md5;
     std::vector<char> buf(1 << 20);
     std::uint32_t crc = 0;
     for (;;) {
@@ -421,7 +421,7 @@ struct Server::Impl {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return MakeSysError(Errc::kIo, "read " + info.path, errno);
       if (n == 0) break;
-      crc = fetch::Crc32cExtend(crc, buf.data(), static_cast<std::size_t>(n));
+      crc = Crc32cExtend(crc, buf.data(), static_cast<std::size_t>(n));
       if (opt.md5) md5.Update(buf.data(), static_cast<std::size_t>(n));
     }
     Hashes h;
@@ -450,8 +450,8 @@ struct Server::Impl {
         {"contentType", ContentTypeFor(info.name)},
         {"storageClass", "STANDARD"},
         {"size", std::to_string(info.size)},
-        {"crc32c", fetch::Crc32cToBase64(h.crc32c)},
-        {"etag", fetch::Base64Encode(gen)},
+        {"crc32c", Crc32cToBase64(h.crc32c)},
+        {"etag", Base64Encode(gen)},
         {"timeCreated", Rfc3339(info.mtime_us)},
         {"updated", Rfc3339(info.mtime_us)},
         {"timeStorageClassUpdated", Rfc3339(info.mtime_us)},
@@ -461,7 +461,7 @@ struct Server::Impl {
   }
 
   std::string GoogHash(const Hashes& h) const {
-    std::string v = "crc32c=" + fetch::Crc32cToBase64(h.crc32c);
+    std::string v = "crc32c=" + Crc32cToBase64(h.crc32c);
     if (!h.md5_b64.empty()) v += ",md5=" + h.md5_b64;
     return v;
   }
@@ -483,7 +483,7 @@ struct Server::Impl {
     }
     std::string after;  // resume strictly after this entry
     if (req.has_param("pageToken")) {
-      auto t = fetch::Base64UrlDecode(req.get_param_value("pageToken"));
+      auto t = Base64UrlDecode(req.get_param_value("pageToken"));
       if (!t.ok() || t->empty()) return SendError(res, Api::kJson, 400, "Invalid pageToken", "invalid");
       after = *t;
     }
@@ -548,7 +548,7 @@ struct Server::Impl {
     Json out = {{"kind", "storage#objects"}};
     if (!items.empty()) out["items"] = std::move(items);
     if (!prefixes.empty()) out["prefixes"] = std::move(prefixes);
-    if (it != entries.end()) out["nextPageToken"] = fetch::Base64UrlEncode(last);
+    if (it != entries.end()) out["nextPageToken"] = Base64UrlEncode(last);
     res.status = 200;
     res.set_content(out.dump(), "application/json; charset=UTF-8");
   }
@@ -634,7 +634,7 @@ struct Server::Impl {
     res.set_header("x-goog-storage-class", "STANDARD");
     res.set_header("Accept-Ranges", "bytes");
     res.set_header("Last-Modified", HttpDate(info.mtime_us));
-    res.set_header("ETag", "\"" + fetch::Base64Encode(std::to_string(info.generation)) + "\"");
+    res.set_header("ETag", "\"" + Base64Encode(std::to_string(info.generation)) + "\"");
 
     std::uint64_t first = 0, length = info.size;
     res.status = 200;

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::cache {
 

@@ -22,9 +22,9 @@
 #include <memory>
 #include <string>
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/fetch/http.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

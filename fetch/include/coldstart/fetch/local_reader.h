@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/env.h"
-#include "coldstart/result.h"
+#include "coldstart/core/env.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/fetch/retry.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

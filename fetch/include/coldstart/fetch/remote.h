@@ -13,7 +13,7 @@
 #include "coldstart/fetch/http.h"
 #include "coldstart/fetch/range_fetcher.h"
 #include "coldstart/fetch/url.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

@@ -16,8 +16,8 @@
 #include <functional>
 #include <optional>
 
-#include "coldstart/env.h"
-#include "coldstart/result.h"
+#include "coldstart/core/env.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "coldstart/env.h"
-#include "coldstart/result.h"
+#include "coldstart/core/env.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
 

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "coldstart/loader/safetensors.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

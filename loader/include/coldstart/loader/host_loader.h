@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "coldstart/cache/host_arena.h"
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 #include "coldstart/fetch/local_reader.h"
 #include "coldstart/loader/model.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

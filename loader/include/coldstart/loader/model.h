@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "coldstart/loader/safetensors.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

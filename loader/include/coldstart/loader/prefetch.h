@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "coldstart/fetch/remote.h"
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

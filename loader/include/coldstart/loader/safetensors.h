@@ -23,7 +23,7 @@
 #include <string_view>
 #include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

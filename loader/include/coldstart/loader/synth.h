@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::loader {
 

@@ -17,7 +17,7 @@
 #include <string_view>
 #include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart::fakegcs {
 

@@ -1,12 +1,12 @@
-#include "coldstart/fetch/hash.h"
+#include "coldstart/core/hash.h"
 
 #include <openssl/evp.h>
 
 #include <new>
 
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 
-namespace coldstart::fetch {
+namespace coldstart {
 
 struct Hasher::Impl {
   EVP_MD_CTX* ctx = nullptr;
@@ -54,4 +54,4 @@ std::string Sha256Hex(std::span<const std::byte> data) {
   return h.HexDigest();
 }
 
-}  // namespace coldstart::fetch
+}  // namespace coldstart

@@ -1,5 +1,6 @@
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cmath>
@@ -11,97 +12,6 @@ extern char** environ;
 
 namespace coldstart {
 namespace {
-
-// name, default, why. Keep sorted by module; `coldstart env` prints this.
-constexpr std::array kVars = {
-    // fetch/: local reads
-    EnvVarInfo{"COLDSTART_IO_ENGINE", "auto",
-               "auto|uring|pread. auto probes io_uring and falls back to pread threads when "
-               "the kernel or a seccomp profile refuses it."},
-    EnvVarInfo{"COLDSTART_DIRECT_IO", "auto",
-               "auto|on|off. auto reads a file with O_DIRECT unless most of it is already in the "
-               "page cache (checked with mincore): cold NVMe reads skip a copy, warm reads stay "
-               "memory-speed."},
-    EnvVarInfo{"COLDSTART_READ_CHUNK", "8MiB",
-               "Size of one local read request. 8 MiB saturated virtio and NVMe disks in our "
-               "runs; smaller chunks cost CPU per byte, larger ones delay the first tensor."},
-    EnvVarInfo{"COLDSTART_READ_QUEUE_DEPTH", "8",
-               "Reads in flight per I/O thread (io_uring SQ entries)."},
-    EnvVarInfo{"COLDSTART_READ_THREADS", "0",
-               "I/O threads for local reads; 0 = one per core, at most 8. Warm page-cache reads "
-               "are memory copies done by the submitting thread, so they scale with threads."},
-    // fetch/: remote ranged reads
-    EnvVarInfo{"COLDSTART_CONCURRENCY", "32",
-               "Ranged GETs in flight. Cloud storage serves each connection at tens of MB/s; "
-               "with a 50 MB/s cap, 32 connections reached 1.43 GB/s of a 2-core machine's "
-               "~2.2 GB/s (bench/RESULTS.md), 64 gained little and cost CPU."},
-    EnvVarInfo{"COLDSTART_FETCH_THREADS", "0",
-               "Threads driving the curl multi handles; 0 = one per core, at most 4."},
-    EnvVarInfo{"COLDSTART_CHUNK", "16MiB",
-               "Bytes per ranged GET. Large enough that request latency (~30 ms to GCS) is "
-               "amortised, small enough to spread a shard over many connections."},
-    EnvVarInfo{"COLDSTART_HTTP2", "0",
-               "Use HTTP/2 (multiplexed streams on one connection). Off by default: per-"
-               "connection caps make separate HTTP/1.1 connections faster."},
-    // fetch/: remote sources (gs://, http(s)://)
-    EnvVarInfo{"COLDSTART_ENDPOINT", "https://storage.googleapis.com",
-               "GCS JSON API endpoint, same as --endpoint (which wins). Use it for a private or "
-               "regional endpoint; credentials are still sent to it."},
-    EnvVarInfo{"STORAGE_EMULATOR_HOST", "(unset)",
-               "Google client libraries' emulator switch: host:port or URL of a GCS emulator "
-               "(http:// assumed). Used when no endpoint is given; requests are anonymous "
-               "unless an access token is given."},
-    EnvVarInfo{"COLDSTART_ACCESS_TOKEN", "(unset)",
-               "OAuth access token for GCS, same as --access-token (which wins); tried before "
-               "any credentials file. Never printed."},
-    EnvVarInfo{"GOOGLE_APPLICATION_CREDENTIALS", "(unset)",
-               "Path of a service_account or authorized_user JSON key, as in every Google "
-               "client library; tried after an explicit token. Malformed = error."},
-    EnvVarInfo{"CLOUDSDK_CONFIG", "$HOME/.config/gcloud",
-               "gcloud's config folder; its application_default_credentials.json (from `gcloud "
-               "auth application-default login`) is tried after GOOGLE_APPLICATION_CREDENTIALS."},
-    EnvVarInfo{"HOME", "(from the login)",
-               "Only used to find gcloud's config folder when CLOUDSDK_CONFIG is unset."},
-    EnvVarInfo{"GCE_METADATA_HOST", "metadata.google.internal",
-               "host[:port] of the GCE/GKE metadata server, the last credentials source before "
-               "anonymous (also how tests point it at a local fake)."},
-    EnvVarInfo{"COLDSTART_METADATA", "auto",
-               "auto|off. auto asks the metadata server for a token when no other credentials "
-               "are found (a ~1 s probe off Google Cloud); off skips it and goes anonymous."},
-    EnvVarInfo{"COLDSTART_RETRY_ATTEMPTS", "8",
-               "Attempts per remote request, the first included. 8 rides out a ~30 s outage "
-               "with the default backoff."},
-    EnvVarInfo{"COLDSTART_RETRY_INITIAL", "200ms",
-               "Backoff before the second attempt; doubles per failure, with equal jitter (a "
-               "delay is 50-100% of the base) so many loaders do not retry in lockstep."},
-    EnvVarInfo{"COLDSTART_RETRY_MAX_BACKOFF", "10s",
-               "Cap on one backoff delay."},
-    EnvVarInfo{"COLDSTART_RETRY_DEADLINE", "10m",
-               "No new attempt of a request this long after its first attempt."},
-    EnvVarInfo{"COLDSTART_STALL_TIMEOUT", "20s",
-               "A transfer that receives no bytes for this long is abandoned and retried: "
-               "faster than waiting for TCP to notice a dead connection."},
-    EnvVarInfo{"COLDSTART_PREFETCH_FSYNC", "0",
-               "1 = fdatasync each prefetched file before renaming it (survives power loss). Off "
-               "by default: it doubled a 1 GiB prefetch's time here, and a re-run re-verifies "
-               "every present file's CRC32C, so a torn file is fetched again."},
-    // loader/: device streaming
-    EnvVarInfo{"COLDSTART_STAGING_BYTES", "0",
-               "Staging budget for --device cuda/sim; 0 = 1/8 of available memory, at most 2 GiB. "
-               "Host memory of a device load stays within it plus ~128 MiB whatever the model."},
-    EnvVarInfo{"COLDSTART_SIM_BANDWIDTH", "25GB",
-               "Copy bandwidth of the stand-in device in bytes/s (PCIe 4.0 x16 pinned ~25 GB/s)."},
-    EnvVarInfo{"COLDSTART_CUDA_STREAMS", "4",
-               "CUDA streams (copies in flight) for --device cuda, 1 to 64. 4 keeps the copy "
-               "engine busy while completions are reported and conversion kernels run."},
-    // loader/
-    EnvVarInfo{"COLDSTART_HUGE_PAGES", "1",
-               "Ask for transparent huge pages on the host arena: a 2 GiB model takes 1024 page "
-               "faults instead of 524288."},
-    EnvVarInfo{"COLDSTART_PROGRESS", "auto",
-               "auto|bar|json|off: what --progress auto means. auto draws a bar on a TTY and nothing "
-               "otherwise; json writes one JSON line a second to stderr (container logs)."},
-};
 
 constexpr std::string_view kPrefix = "COLDSTART_";
 
@@ -155,7 +65,54 @@ bool IEquals(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-std::span<const EnvVarInfo> KnownEnvVars() { return kVars; }
+namespace {
+struct Registered {
+  std::string_view module;
+  int rank;
+  std::span<const EnvVarInfo> vars;
+};
+// Function-local so registrars in any translation unit find it constructed.
+std::vector<Registered>& Registry() {
+  static std::vector<Registered> r;
+  return r;
+}
+}  // namespace
+
+EnvRegistrar::EnvRegistrar(std::string_view module, int rank, std::span<const EnvVarInfo> vars) {
+  auto& r = Registry();
+  auto pos = std::find_if(r.begin(), r.end(), [&](const Registered& x) { return x.rank > rank; });
+  r.insert(pos, Registered{module, rank, vars});
+}
+
+std::vector<EnvVarInfo> KnownEnvVars() {
+  std::vector<EnvVarInfo> out;
+  for (const auto& m : Registry()) out.insert(out.end(), m.vars.begin(), m.vars.end());
+  return out;
+}
+
+const EnvVarInfo* FindEnvVar(std::string_view name) {
+  for (const auto& m : Registry())
+    for (const auto& v : m.vars)
+      if (v.name == name) return &v;
+  return nullptr;
+}
+
+std::string RedactEnvValue(std::string_view name, std::string_view value) {
+  if (const EnvVarInfo* info = FindEnvVar(name); info && info->secret) return "(set, hidden)";
+  std::string out(value);
+  const auto scheme = out.find("://");
+  if (scheme == std::string::npos) return out;
+  const std::size_t auth_start = scheme + 3;
+  std::size_t auth_end = out.find_first_of("/?#", auth_start);
+  if (auth_end == std::string::npos) auth_end = out.size();
+  const auto at = out.rfind('@', auth_end);
+  if (at != std::string::npos && at >= auth_start) {
+    const auto colon = out.find(':', auth_start);
+    if (colon != std::string::npos && colon < at) out.replace(colon + 1, at - colon - 1, "***");
+  }
+  if (auto q = out.find('?', auth_start); q != std::string::npos) out = out.substr(0, q + 1) + "***";
+  return out;
+}
 
 Env Env::FromProcess() {
   std::map<std::string, std::string> values;
@@ -165,7 +122,7 @@ Env Env::FromProcess() {
     if (eq == std::string_view::npos) continue;
     std::string_view name = kv.substr(0, eq);
     bool known = name.substr(0, kPrefix.size()) == kPrefix;
-    for (const auto& v : kVars) known = known || v.name == name;
+    known = known || FindEnvVar(name) != nullptr;
     if (known) values.emplace(std::string(name), std::string(kv.substr(eq + 1)));
   }
   return FromMap(std::move(values));
@@ -180,9 +137,7 @@ Env Env::FromMap(std::map<std::string, std::string> values) {
 Status Env::Validate() const {
   for (const auto& [name, value] : values_) {
     if (name.substr(0, kPrefix.size()) != kPrefix) continue;
-    bool known = false;
-    for (const auto& v : kVars) known = known || v.name == name;
-    if (!known) {
+    if (FindEnvVar(name) == nullptr) {
       return MakeError(Errc::kInvalidArgument,
                        "unknown environment variable " + name +
                            " (run `coldstart env` for the list of COLDSTART_* variables)");

@@ -9,9 +9,9 @@
 #include <string>
 #include <string_view>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
-namespace coldstart::fetch {
+namespace coldstart {
 
 // CRC of `data` continuing from `crc` (0 for a fresh start).
 std::uint32_t Crc32cExtend(std::uint32_t crc, const void* data, std::size_t size);
@@ -31,4 +31,4 @@ Result<std::string> Base64Decode(std::string_view text);          // standard al
 std::string Base64UrlEncode(std::string_view bytes);              // RFC 4648 §5, no padding (JWT)
 Result<std::string> Base64UrlDecode(std::string_view text);
 
-}  // namespace coldstart::fetch
+}  // namespace coldstart

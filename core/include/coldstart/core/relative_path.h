@@ -6,9 +6,9 @@
 #include <string>
 #include <string_view>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
-namespace coldstart::fetch {
+namespace coldstart {
 
 // OK when `name` is a relative path that stays inside the folder it is joined to: not empty,
 // not absolute, no NUL byte or backslash, no empty, "." or ".." component. Errors read
@@ -34,4 +34,4 @@ inline Status CheckRelativePath(std::string_view name, std::string_view noun, st
   return OkStatus();
 }
 
-}  // namespace coldstart::fetch
+}  // namespace coldstart

@@ -1,7 +1,9 @@
 // The one place where coldstart reads the process environment (STYLE.md, principle 4).
 //
-// Every variable coldstart understands is listed in kEnvVars (env.cpp) with its default and
-// the reason for it; `coldstart env` prints that table. The environment is snapshotted once
+// Every variable coldstart understands is registered by the module that reads it (one
+// EnvRegistrar per module, next to its options: fetch/src/fetch_env.cpp, loader/src/
+// loader_env.cpp, the CLI's own) with its default and the reason for it; `coldstart env` prints
+// the registry. The environment is snapshotted once
 // (Env::FromProcess) and each module's options struct applies the snapshot in its own
 // ApplyEnv(), so a value is parsed strictly: a malformed value, or a COLDSTART_* name that
 // is not in the table (a typo), is an error rather than silently ignored.
@@ -13,8 +15,9 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 namespace coldstart {
 
@@ -22,10 +25,26 @@ struct EnvVarInfo {
   std::string_view name;
   std::string_view default_value;
   std::string_view doc;
+  bool secret = false;  // never printed (tokens); `coldstart env` says only whether it is set
 };
 
-// All variables, in the order `coldstart env` prints them.
-std::span<const EnvVarInfo> KnownEnvVars();
+// Registers a module's variables at static-initialisation time. Define one per module as a
+// namespace-scope object in a translation unit that the module's options code pulls in.
+class EnvRegistrar {
+ public:
+  // `rank` orders modules in `coldstart env` (core 0, fetch 10, cache 20, loader 30, runtime 40,
+  // tools 50); a module's table keeps its own order.
+  EnvRegistrar(std::string_view module, int rank, std::span<const EnvVarInfo> vars);
+};
+
+// Every registered variable, in the order `coldstart env` prints them.
+std::vector<EnvVarInfo> KnownEnvVars();
+// The registered entry for `name`, or nullptr.
+const EnvVarInfo* FindEnvVar(std::string_view name);
+
+// What may be shown of a variable's value: "(set, hidden)" for secrets, and URLs with their
+// password (user:PASSWORD@host) and query string replaced by "***".
+std::string RedactEnvValue(std::string_view name, std::string_view value);
 
 class Env {
  public:

@@ -1,4 +1,4 @@
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 
 #include <array>
 #include <cstring>
@@ -8,7 +8,7 @@
 #include <nmmintrin.h>
 #endif
 
-namespace coldstart::fetch {
+namespace coldstart {
 namespace {
 
 constexpr std::uint32_t kPoly = 0x82F63B78u;  // reflected Castagnoli
@@ -190,4 +190,4 @@ Result<std::string> Base64Decode(std::string_view text) { return Decode(text, kB
 std::string Base64UrlEncode(std::string_view bytes) { return Encode(bytes, kB64Url, false); }
 Result<std::string> Base64UrlDecode(std::string_view text) { return Decode(text, kB64Url); }
 
-}  // namespace coldstart::fetch
+}  // namespace coldstart

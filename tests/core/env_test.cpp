@@ -1,9 +1,20 @@
-#include "coldstart/env.h"
+#include "coldstart/core/env.h"
 
 #include <gtest/gtest.h>
 
 namespace coldstart {
 namespace {
+
+// This suite links core alone: it registers a table of its own, as a module does.
+constexpr EnvVarInfo kTestVars[] = {
+    {"COLDSTART_IO_ENGINE", "auto", "a variable as a module registers it"},
+    {"COLDSTART_READ_CHUNK", "8MiB", "a size"},
+    {"COLDSTART_HUGE_PAGES", "1", "a flag"},
+    {"COLDSTART_READ_THREADS", "0", "a number"},
+    {"COLDSTART_TEST_SECRET", "(unset)", "a token", true},
+    {"COLDSTART_TEST_URL", "(unset)", "an endpoint"},
+};
+const EnvRegistrar kTestRegistrar{"test", 5, kTestVars};
 
 TEST(ParseBytes, UnitsAndErrors) {
   EXPECT_EQ(*ParseBytes("4096"), 4096u);
@@ -58,6 +69,27 @@ TEST(Env, EveryKnownVariableIsDocumented) {
     EXPECT_FALSE(v.doc.empty()) << v.name;
 
   }
+}
+
+TEST(Env, RegistryListsModulesInRankOrder) {
+  constexpr static EnvVarInfo kLater[] = {{"COLDSTART_TEST_LATER", "x", "registered later, ranked first"}};
+  static const EnvRegistrar later{"early", 1, kLater};
+  auto vars = KnownEnvVars();
+  ASSERT_GE(vars.size(), 7u);
+  EXPECT_EQ(vars[0].name, "COLDSTART_TEST_LATER");
+  EXPECT_EQ(vars[1].name, "COLDSTART_IO_ENGINE");
+  ASSERT_NE(FindEnvVar("COLDSTART_TEST_SECRET"), nullptr);
+  EXPECT_TRUE(FindEnvVar("COLDSTART_TEST_SECRET")->secret);
+  EXPECT_EQ(FindEnvVar("COLDSTART_NOPE"), nullptr);
+}
+
+TEST(Env, SecretsAndUrlPasswordsAreRedacted) {
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_SECRET", "ya29.token"), "(set, hidden)");
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_URL", "https://user:hunter2@host:8443/p"), "https://user:***@host:8443/p");
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_URL", "https://host/p?sig=abc&x=1"), "https://host/p?***");
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_URL", "https://user@host/p"), "https://user@host/p");
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_URL", "127.0.0.1:9000"), "127.0.0.1:9000");
+  EXPECT_EQ(RedactEnvValue("COLDSTART_TEST_URL", "http://a:b@c@host/"), "http://a:***@host/");
 }
 
 TEST(Error, ContextAndErrno) {

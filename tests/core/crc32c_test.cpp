@@ -1,4 +1,4 @@
-#include "coldstart/fetch/crc32c.h"
+#include "coldstart/core/crc32c.h"
 
 #include <gtest/gtest.h>
 

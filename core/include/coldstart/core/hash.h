@@ -7,7 +7,7 @@
 #include <span>
 #include <string>
 
-namespace coldstart::fetch {
+namespace coldstart {
 
 // Incremental digest over OpenSSL's EVP interface. Move-only; owns its EVP_MD_CTX.
 class Hasher {
@@ -40,4 +40,4 @@ class Md5 : public Hasher {
 
 std::string Sha256Hex(std::span<const std::byte> data);
 
-}  // namespace coldstart::fetch
+}  // namespace coldstart

@@ -1,4 +1,4 @@
-#include "coldstart/result.h"
+#include "coldstart/core/result.h"
 
 #include <cstring>
 
