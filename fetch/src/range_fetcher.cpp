@@ -34,33 +34,66 @@ using detail::SlistPtr;
 using Clock = std::chrono::steady_clock;
 
 
-// Shared by the fetch threads of one Fetch() call.
-struct Job {
+class Transport;
+
+// One batch of ranges submitted to the transport (a FetchJob to its caller). Its ranges are
+// spread over the transport's threads; each thread admits a range only once the caller's
+// `acquire` hands out a destination, so a full sink delays new ranges and never stalls ranges
+// in flight.
+struct Job final : FetchJob {
   std::span<const RemoteObject> objects;
   std::span<const FetchRange> ranges;
-  const FetchCallbacks* cb;
-  const FetchOptions* opt;
+  FetchCallbacks cb;
+  FetchOptions opt;
   RetryPolicy policy;
+  FetchPriority priority = FetchPriority::kBackground;
   Clock::time_point start;
-  std::atomic<std::size_t> next{0};
   std::atomic<std::uint64_t> bytes{0};
   std::atomic<bool> stop{false};
+  std::atomic<bool> cancelled{false};
   std::atomic<bool> first_byte_seen{false};
   std::atomic<std::uint64_t> discarded{0};
   std::atomic<std::int64_t> first_byte_ns{0};
-  std::mutex mu;
+  std::atomic<std::uint64_t> requests{0}, retries{0}, resumed_bytes{0};
+
+  // Scheduling state, guarded by the transport's mutex.
+  // INVARIANT: a range index is in at most one of {not yet taken (>= next), deferred, urgent
+  // with started[i] == 0, taken}; `inflight` counts ranges taken and not yet completed or
+  // returned to `deferred`.
+  std::size_t next = 0;
+  std::deque<std::size_t> deferred;  // acquire had no space: retried after Wake()
+  std::deque<std::size_t> urgent;    // Boost()ed, not started yet
+  std::vector<std::uint8_t> started;
+  bool blocked = false;              // an acquire failed since the last Wake()
+  Clock::time_point blocked_since;
+  unsigned inflight = 0;
+  std::size_t completed = 0;
+
+  std::mutex mu;  // guards error, finished
   std::condition_variable cv;
   std::optional<Error> error;
-  unsigned running = 0;
-  FetchStats stats;  // counters merged at thread exit (guarded by mu)
+  bool finished = false;
+  std::shared_ptr<Transport> transport;
 
-  Job(RetryOptions r) : policy(std::move(r)) {}
+  explicit Job(RetryOptions r) : policy(std::move(r)) {}
 
   void Fail(Error e) {
-    std::lock_guard lk(mu);
-    if (!error) error = std::move(e);
+    {
+      std::lock_guard lk(mu);
+      if (!error) error = std::move(e);
+    }
     stop = true;
   }
+
+  void Wake() override;
+  void Boost(std::size_t range) override;
+  void Cancel() override;
+  Status Wait(FetchStats* stats) override;
+  bool Done() override {
+    std::lock_guard lk(mu);
+    return finished;
+  }
+  std::uint64_t BytesDelivered() const override { return bytes.load(std::memory_order_relaxed); }
 };
 
 // One range in flight (or waiting to retry).
@@ -84,6 +117,7 @@ struct Transfer {
   bool fatal_is_sink = false;  // the sink failed (disk full...): never retried
   std::int64_t seen_generation = 0;
   Job* job = nullptr;
+  std::shared_ptr<Job> job_ref;  // keeps the batch alive while this transfer exists
 
   const FetchRange& range() const { return job->ranges[index]; }
   const RemoteObject& object() const { return job->objects[range().object]; }
@@ -172,8 +206,8 @@ std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
     return len;
   }
   std::uint64_t take = std::min<std::uint64_t>(len - skip, end - want);
-  if (job->cb->sink) {
-    auto st = job->cb->sink(t->index, t->received, reinterpret_cast<const std::byte*>(data + skip), take);
+  if (job->cb.sink) {
+    auto st = job->cb.sink(t->index, t->received, reinterpret_cast<const std::byte*>(data + skip), take);
     if (!st.ok()) {
       t->fatal = std::move(st).error();
       t->fatal_is_sink = true;
@@ -203,7 +237,7 @@ void NameThread(unsigned i) {
 
 // Sets up (or re-sets up) the easy handle of `t` for its next attempt.
 Status Prepare(Transfer* t, CURLM* multi) {
-  const FetchOptions& o = *t->job->opt;
+  const FetchOptions& o = t->job->opt;
   if (!t->easy) {
     t->easy.reset(curl_easy_init());
     if (!t->easy) return MakeError(Errc::kResourceExhausted, "curl_easy_init failed");
@@ -214,8 +248,8 @@ Status Prepare(Transfer* t, CURLM* multi) {
   std::string range = "Range: bytes=" + std::to_string(r.offset + t->received) + "-" +
                       std::to_string(r.offset + r.length - 1);
   h = curl_slist_append(h, range.c_str());
-  if (t->job->cb->auth_header) {
-    auto auth = t->job->cb->auth_header();
+  if (t->job->cb.auth_header) {
+    auto auth = t->job->cb.auth_header();
     if (!auth.ok()) {
       curl_slist_free_all(h);
       return std::move(auth).error();
@@ -290,76 +324,331 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
   return e;
 }
 
-void Worker(Job* job, unsigned index, unsigned slots) {
+// The process's HTTP transport: fetch threads, each owning a curl multi handle and a pool of
+// easy handles whose kept-alive connections outlive any one fetch, and the scheduler that
+// feeds them ranges from every submitted job. Created on first use, shut down at exit.
+class Transport {
+ public:
+  static std::shared_ptr<Transport> Get(unsigned threads);
+  ~Transport() { Shutdown(); }
+
+  void Submit(const std::shared_ptr<Job>& job);
+  void Wake(Job* job);
+  void Boost(Job* job, std::size_t range);
+  void Cancel(Job* job);
+  void Shutdown();
+  TransportStats Stats();
+
+ private:
+  struct Pick {
+    std::shared_ptr<Job> job;
+    std::size_t index = 0;
+  };
+  void EnsureThreads(unsigned n);
+  void WakeWorkers();  // mu_ held
+  void Worker(unsigned index);
+  std::optional<Pick> Next();
+  void Returned(Job* job, std::size_t i);
+  void Completed(Job* job);
+  void Dropped(Job* job);
+  void MaybeFinish(Job* job);  // mu_ held
+  unsigned SlotsPerThread();
+
+  std::mutex mu_;
+  std::vector<std::shared_ptr<Job>> jobs_;  // GUARDED_BY(mu_): submitted, not finished
+  std::vector<std::thread> threads_;        // GUARDED_BY(mu_)
+  std::vector<CURLM*> multis_;              // GUARDED_BY(mu_): for curl_multi_wakeup
+  bool shutdown_ = false;                   // GUARDED_BY(mu_)
+  unsigned rr_ = 0;                         // round-robin start among jobs of one priority
+  std::uint64_t jobs_submitted_ = 0, reused_handles_ = 0;
+};
+
+std::mutex g_transport_mu;
+std::shared_ptr<Transport> g_transport;  // destroyed at exit: joins the threads
+
+std::shared_ptr<Transport> Transport::Get(unsigned threads) {
+  std::lock_guard lk(g_transport_mu);
+  if (!g_transport) g_transport = std::make_shared<Transport>();
+  g_transport->EnsureThreads(threads);
+  return g_transport;
+}
+
+void Transport::EnsureThreads(unsigned n) {
+  std::lock_guard lk(mu_);
+  if (shutdown_) return;
+  while (threads_.size() < n) {
+    const unsigned index = static_cast<unsigned>(threads_.size());
+    threads_.emplace_back([this, index] { Worker(index); });
+  }
+}
+
+void Transport::WakeWorkers() {
+  for (CURLM* m : multis_) curl_multi_wakeup(m);
+}
+
+void Transport::Submit(const std::shared_ptr<Job>& job) {
+  std::lock_guard lk(mu_);
+  job->started.assign(job->ranges.size(), 0);
+  ++jobs_submitted_;
+  if (shutdown_) {
+    job->Fail(MakeError(Errc::kCancelled, "the fetch transport is shut down"));
+  } else {
+    jobs_.push_back(job);
+  }
+  MaybeFinish(job.get());
+  WakeWorkers();
+}
+
+void Transport::Wake(Job* job) {
+  std::lock_guard lk(mu_);
+  job->blocked = false;
+  WakeWorkers();
+}
+
+void Transport::Boost(Job* job, std::size_t range) {
+  std::lock_guard lk(mu_);
+  if (range >= job->started.size()) return;
+  if (!job->started[range]) {
+    job->urgent.push_back(range);
+  } else if (auto it = std::find(job->deferred.begin(), job->deferred.end(), range); it != job->deferred.end()) {
+    job->deferred.erase(it);
+    job->deferred.push_front(range);
+  }
+  WakeWorkers();
+}
+
+void Transport::Cancel(Job* job) {
+  std::lock_guard lk(mu_);
+  job->stop = true;
+  MaybeFinish(job);
+  WakeWorkers();
+}
+
+void Transport::MaybeFinish(Job* job) {
+  const bool all = job->completed == job->ranges.size();
+  if (!all && !(job->stop && job->inflight == 0)) return;
+  {
+    std::lock_guard jl(job->mu);
+    if (job->finished) return;
+    job->finished = true;
+  }
+  job->cv.notify_all();
+  jobs_.erase(std::remove_if(jobs_.begin(), jobs_.end(), [&](const auto& j) { return j.get() == job; }), jobs_.end());
+}
+
+std::optional<Transport::Pick> Transport::Next() {
+  std::lock_guard lk(mu_);
+  if (jobs_.empty() || shutdown_) return std::nullopt;
+  auto take = [&](const std::shared_ptr<Job>& j, std::size_t i) {
+    j->started[i] = 1;
+    ++j->inflight;
+    return Pick{j, i};
+  };
+  auto open = [](const Job& j) { return !j.stop && j.inflight < j.opt.concurrency; };
+  // A range someone waits for now goes first, whatever its job's priority.
+  for (const auto& j : jobs_) {
+    if (!open(*j)) continue;
+    while (!j->urgent.empty()) {
+      const std::size_t i = j->urgent.front();
+      j->urgent.pop_front();
+      if (!j->started[i]) return take(j, i);
+    }
+  }
+  const auto now = Clock::now();
+  const std::size_t n = jobs_.size();
+  for (FetchPriority prio : {FetchPriority::kNow, FetchPriority::kBackground}) {
+    for (std::size_t k = 0; k < n; ++k) {
+      const auto& j = jobs_[(rr_ + k) % n];
+      if (j->priority != prio || !open(*j)) continue;
+      // A job whose sink is full waits for Wake(), with a slow poll as a safety net.
+      if (j->blocked && now - j->blocked_since < std::chrono::milliseconds(50)) continue;
+      if (!j->deferred.empty()) {
+        const std::size_t i = j->deferred.front();
+        j->deferred.pop_front();
+        ++j->inflight;
+        rr_ = static_cast<unsigned>((rr_ + k + 1) % n);
+        return Pick{j, i};
+      }
+      while (j->next < j->ranges.size()) {
+        const std::size_t i = j->next++;
+        if (j->started[i]) continue;
+        rr_ = static_cast<unsigned>((rr_ + k + 1) % n);
+        return take(j, i);
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+void Transport::Returned(Job* job, std::size_t i) {
+  std::lock_guard lk(mu_);
+  job->deferred.push_front(i);
+  --job->inflight;
+  job->blocked = true;
+  job->blocked_since = Clock::now();
+  MaybeFinish(job);
+}
+
+void Transport::Completed(Job* job) {
+  std::lock_guard lk(mu_);
+  ++job->completed;
+  --job->inflight;
+  MaybeFinish(job);
+}
+
+void Transport::Dropped(Job* job) {
+  std::lock_guard lk(mu_);
+  --job->inflight;
+  MaybeFinish(job);
+}
+
+unsigned Transport::SlotsPerThread() {
+  std::lock_guard lk(mu_);
+  std::uint64_t total = 0;
+  for (const auto& j : jobs_) total += j->opt.concurrency;
+  const std::uint64_t n = std::max<std::size_t>(1, threads_.size());
+  return static_cast<unsigned>(std::max<std::uint64_t>(1, (total + n - 1) / n));
+}
+
+void Transport::Shutdown() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard lk(mu_);
+    if (shutdown_ && threads_.empty()) return;
+    shutdown_ = true;
+    for (const auto& j : jobs_) {
+      j->Fail(MakeError(Errc::kCancelled, "the fetch transport is shut down"));
+    }
+    WakeWorkers();
+    threads.swap(threads_);
+  }
+  for (auto& t : threads) t.join();
+  std::lock_guard lk(mu_);
+  for (const auto& j : std::vector<std::shared_ptr<Job>>(jobs_)) MaybeFinish(j.get());
+}
+
+TransportStats Transport::Stats() {
+  std::lock_guard lk(mu_);
+  return TransportStats{static_cast<unsigned>(threads_.size()), jobs_submitted_, static_cast<unsigned>(jobs_.size()),
+                        reused_handles_};
+}
+
+void Transport::Worker(unsigned index) {
   NameThread(index);
-  FetchStats s;
   MultiPtr multi(curl_multi_init());
+  {
+    std::lock_guard lk(mu_);
+    multis_.push_back(multi.get());
+  }
   std::vector<std::unique_ptr<Transfer>> idle;   // easy handles kept for connection reuse
   std::vector<std::unique_ptr<Transfer>> active;
   std::deque<std::unique_ptr<Transfer>> waiting; // backing off before a retry
-  auto finish = [&] {
-    for (auto& t : active) curl_multi_remove_handle(multi.get(), t->easy.get());
-    active.clear();
-    std::lock_guard lk(job->mu);
-    job->stats.requests += s.requests;
-    job->stats.retries += s.retries;
-    job->stats.resumed_bytes += s.resumed_bytes;
-    --job->running;
-    job->cv.notify_all();
+  // Forgets a transfer's job; keeps its easy handle (and, when it finished cleanly, its connection).
+  auto retire = [&](std::unique_ptr<Transfer> t) {
+    t->job = nullptr;
+    t->job_ref.reset();
+    t->headers.reset();
+    if (t->easy && idle.size() < 64) idle.push_back(std::move(t));
   };
   auto start = [&](std::unique_ptr<Transfer> t) -> bool {
     if (!t->easy && !idle.empty()) {
       t->easy = std::move(idle.back()->easy);
       idle.pop_back();
+      std::lock_guard lk(mu_);
+      ++reused_handles_;
     }
     if (auto st = Prepare(t.get(), multi.get()); !st.ok()) {
+      Job* job = t->job;
       job->Fail(std::move(st).error());
+      retire(std::move(t));
+      Dropped(job);
       return false;
     }
-    ++s.requests;
+    t->job->requests.fetch_add(1, std::memory_order_relaxed);
     active.push_back(std::move(t));
     return true;
   };
   for (;;) {
-    if (job->stop) break;
+    bool shutting_down;
+    {
+      std::lock_guard lk(mu_);
+      shutting_down = shutdown_;
+    }
+    // Transfers of stopped jobs (failed, cancelled) end here; their destinations are released.
+    for (auto it = active.begin(); it != active.end();) {
+      if (!(*it)->job->stop && !shutting_down) {
+        ++it;
+        continue;
+      }
+      curl_multi_remove_handle(multi.get(), (*it)->easy.get());
+      Job* job = (*it)->job;
+      (*it)->easy.reset();  // mid-transfer: its connection is not reusable
+      retire(std::move(*it));
+      it = active.erase(it);
+      Dropped(job);
+    }
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      if (!(*it)->job->stop && !shutting_down) {
+        ++it;
+        continue;
+      }
+      Job* job = (*it)->job;
+      retire(std::move(*it));
+      it = waiting.erase(it);
+      Dropped(job);
+    }
+    if (shutting_down) break;
     auto now = Clock::now();
+    const unsigned slots = SlotsPerThread();
     // Retries whose backoff elapsed come first, then new ranges.
     while (active.size() < slots && !waiting.empty() && waiting.front()->retry_at <= now) {
       auto t = std::move(waiting.front());
       waiting.pop_front();
-      if (!start(std::move(t))) break;
+      start(std::move(t));
     }
-    // Ranges waiting to retry keep their destination, so they count against the slots: the
-    // number of destinations held never exceeds the concurrency (prefetch's buffer pool).
-    while (active.size() + waiting.size() < slots && !job->stop) {
-      std::size_t i = job->next.fetch_add(1);
-      if (i >= job->ranges.size()) break;
-      auto t = std::make_unique<Transfer>();
-      t->job = job;
-      t->index = i;
-      t->dest = job->cb->acquire ? job->cb->acquire(i) : nullptr;
-      if (t->dest == nullptr && job->ranges[i].length > 0 && !job->cb->sink) {
-        job->Fail(MakeError(Errc::kCancelled, "fetch cancelled: no destination for a range"));
-        break;
-      }
-      t->first_attempt = Clock::now();
+    // Ranges waiting to retry keep their destination, so they count against the slots.
+    while (active.size() + waiting.size() < slots) {
+      auto pick = Next();
+      if (!pick) break;
+      Job* job = pick->job.get();
+      const std::size_t i = pick->index;
       if (job->ranges[i].length == 0) {
-        if (auto st = job->cb->done(i, t->dest, 0); !st.ok()) job->Fail(std::move(st).error());
+        if (auto st = job->cb.done(i, nullptr, 0); !st.ok()) job->Fail(std::move(st).error());
+        Completed(job);
         continue;
       }
-      if (!start(std::move(t))) break;
+      std::byte* dest = nullptr;
+      if (job->cb.acquire) {
+        // Never blocks: no space now means the range waits for the job's Wake().
+        dest = job->cb.acquire(i);
+        if (dest == nullptr) {
+          Returned(job, i);
+          continue;
+        }
+      }
+      auto t = std::make_unique<Transfer>();
+      t->job = job;
+      t->job_ref = std::move(pick->job);
+      t->index = i;
+      t->dest = dest;
+      t->first_attempt = Clock::now();
+      start(std::move(t));
     }
-    if (job->stop) break;
-    if (active.empty() && waiting.empty()) break;
     int running = 0;
-    curl_multi_perform(multi.get(), &running);
+    if (!active.empty()) curl_multi_perform(multi.get(), &running);
     int timeout_ms = 100;
-    if (active.empty() && !waiting.empty()) {
+    if (!waiting.empty()) {
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(waiting.front()->retry_at - Clock::now()).count();
       timeout_ms = static_cast<int>(std::clamp<long long>(wait, 0, 100));
     }
+    {
+      // A blocked job is polled every 50 ms even if its sink never calls Wake().
+      std::lock_guard lk(mu_);
+      for (const auto& j : jobs_)
+        if (j->blocked) timeout_ms = std::min(timeout_ms, 50);
+    }
     curl_multi_poll(multi.get(), nullptr, 0, timeout_ms, nullptr);
-    curl_multi_perform(multi.get(), &running);
+    if (!active.empty()) curl_multi_perform(multi.get(), &running);
     CURLMsg* msg;
     int left = 0;
     while ((msg = curl_multi_info_read(multi.get(), &left)) != nullptr) {
@@ -371,27 +660,28 @@ void Worker(Job* job, unsigned index, unsigned slots) {
       if (it == active.end()) continue;
       std::unique_ptr<Transfer> t = std::move(*it);
       active.erase(it);
+      Job* job = t->job;
       auto err = Evaluate(t.get(), res);
       if (!err) {
-        if (auto st = job->cb->done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
-        idle.push_back(std::move(t));  // keep the easy handle (and its connection)
+        if (auto st = job->cb.done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
+        retire(std::move(t));
+        Completed(job);
         continue;
       }
       ++t->failed;
-      if (t->fatal_is_sink) {
-        job->Fail(std::move(*err));
-        break;
-      }
       double elapsed = std::chrono::duration<double>(Clock::now() - t->first_attempt).count();
-      auto delay = job->policy.NextDelay(*err, t->failed, elapsed);
+      auto delay = t->fatal_is_sink ? std::nullopt : job->policy.NextDelay(*err, t->failed, elapsed);
       if (!delay) {
         if (t->failed > 1 && IsRetryable(*err))
           err->message += " (gave up after " + std::to_string(t->failed) + " attempts)";
         job->Fail(std::move(*err));
-        break;
+        t->easy.reset();
+        retire(std::move(t));
+        Dropped(job);
+        continue;
       }
-      ++s.retries;
-      s.resumed_bytes += t->received;
+      job->retries.fetch_add(1, std::memory_order_relaxed);
+      job->resumed_bytes.fetch_add(t->received, std::memory_order_relaxed);
       // A broken connection is not reused.
       t->easy.reset();
       t->retry_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*delay));
@@ -399,9 +689,55 @@ void Worker(Job* job, unsigned index, unsigned slots) {
       waiting.insert(pos, std::move(t));
     }
   }
-  finish();
+  for (auto& t : active) curl_multi_remove_handle(multi.get(), t->easy.get());
+  active.clear();
+  std::lock_guard lk(mu_);
+  multis_.erase(std::remove(multis_.begin(), multis_.end(), multi.get()), multis_.end());
 }
 
+void Job::Wake() {
+  if (transport) transport->Wake(this);
+}
+void Job::Boost(std::size_t range) {
+  if (transport) transport->Boost(this, range);
+}
+void Job::Cancel() {
+  cancelled = true;
+  if (transport) transport->Cancel(this);
+}
+
+Status Job::Wait(FetchStats* out) {
+  bool progress_cancelled = false;
+  {
+    std::unique_lock lk(mu);
+    while (!finished) {
+      cv.wait_for(lk, std::chrono::milliseconds(100));
+      if (cb.progress && !progress_cancelled && !stop && !finished) {
+        lk.unlock();
+        const bool go = cb.progress(bytes.load());
+        if (!go) {
+          progress_cancelled = true;
+          Cancel();
+        }
+        lk.lock();
+      }
+    }
+  }
+  if (out) {
+    out->bytes = bytes.load();
+    out->requests = requests.load();
+    out->retries = retries.load();
+    out->resumed_bytes = resumed_bytes.load();
+    out->discarded_bytes = discarded.load();
+    out->first_byte_seconds = static_cast<double>(first_byte_ns.load()) / 1e9;
+    out->seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  std::lock_guard lk(mu);
+  if (error) return *error;
+  if (cancelled) return MakeError(Errc::kCancelled, "fetch cancelled by caller");
+  if (cb.progress) cb.progress(bytes.load());
+  return OkStatus();
+}
 }  // namespace
 
 Status FetchOptions::ApplyEnv(const Env& env) {
@@ -435,8 +771,9 @@ unsigned FetchOptions::EffectiveThreads() const {
 
 RangeFetcher::RangeFetcher(FetchOptions options) : options_(std::move(options)) { (void)CurlGlobalInit(); }
 
-Status RangeFetcher::Fetch(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
-                           const FetchCallbacks& callbacks, FetchStats* stats) {
+Result<std::shared_ptr<FetchJob>> RangeFetcher::Start(std::span<const RemoteObject> objects,
+                                                      std::span<const FetchRange> ranges, FetchCallbacks callbacks,
+                                                      FetchPriority priority) {
   CS_RETURN_IF_ERROR(options_.Validate());
   for (const auto& r : ranges) {
     if (r.object >= objects.size()) return MakeError(Errc::kInvalidArgument, "fetch range names a missing object");
@@ -447,46 +784,40 @@ Status RangeFetcher::Fetch(std::span<const RemoteObject> objects, std::span<cons
   if (!callbacks.done) return MakeError(Errc::kInvalidArgument, "fetch needs a done callback");
   if (!callbacks.acquire && !callbacks.sink)
     return MakeError(Errc::kInvalidArgument, "fetch needs an acquire or a sink callback");
-  Job job(options_.retry);
-  job.objects = objects;
-  job.ranges = ranges;
-  job.cb = &callbacks;
-  job.opt = &options_;
-  job.start = Clock::now();
-  const unsigned n = std::max(1u, std::min<unsigned>(options_.EffectiveThreads(),
-                                                     static_cast<unsigned>(std::max<std::size_t>(1, ranges.size()))));
-  const unsigned per_thread = (options_.concurrency + n - 1) / n;
-  job.running = n;
-  std::vector<std::thread> threads;
-  for (unsigned i = 0; i < n; ++i) threads.emplace_back(Worker, &job, i, per_thread);
-  bool cancelled = false;
+  auto job = std::make_shared<Job>(options_.retry);
+  job->objects = objects;
+  job->ranges = ranges;
+  job->cb = std::move(callbacks);
+  job->opt = options_;
+  job->priority = priority;
+  job->start = Clock::now();
+  job->transport = Transport::Get(options_.EffectiveThreads());
+  job->transport->Submit(job);
+  return std::shared_ptr<FetchJob>(job);
+}
+
+Status RangeFetcher::Fetch(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
+                           const FetchCallbacks& callbacks, FetchStats* stats) {
+  CS_ASSIGN_OR_RETURN(auto job, Start(objects, ranges, callbacks));
+  return job->Wait(stats);
+}
+
+void ShutdownTransport() {
+  std::shared_ptr<Transport> t;
   {
-    std::unique_lock lk(job.mu);
-    while (job.running > 0) {
-      job.cv.wait_for(lk, std::chrono::milliseconds(100));
-      if (callbacks.progress && !cancelled && !job.stop) {
-        lk.unlock();
-        bool go = callbacks.progress(job.bytes.load());
-        lk.lock();
-        if (!go) {
-          cancelled = true;
-          job.stop = true;
-        }
-      }
-    }
+    std::lock_guard lk(g_transport_mu);
+    t = std::move(g_transport);
   }
-  for (auto& t : threads) t.join();
-  if (stats) {
-    *stats = job.stats;
-    stats->bytes = job.bytes.load();
-    stats->discarded_bytes = job.discarded.load();
-    stats->first_byte_seconds = static_cast<double>(job.first_byte_ns.load()) / 1e9;
-    stats->seconds = std::chrono::duration<double>(Clock::now() - job.start).count();
+  if (t) t->Shutdown();
+}
+
+TransportStats GetTransportStats() {
+  std::shared_ptr<Transport> t;
+  {
+    std::lock_guard lk(g_transport_mu);
+    t = g_transport;
   }
-  if (job.error) return std::move(*job.error);
-  if (cancelled) return MakeError(Errc::kCancelled, "fetch cancelled by caller");
-  if (callbacks.progress) callbacks.progress(job.bytes.load());
-  return OkStatus();
+  return t ? t->Stats() : TransportStats{};
 }
 
 std::vector<FetchRange> ChunkObjects(std::span<const RemoteObject> objects, std::uint64_t chunk_bytes) {

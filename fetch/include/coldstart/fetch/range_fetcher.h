@@ -1,7 +1,12 @@
-// The ranged-read engine: many HTTP range GETs in flight over libcurl multi handles, one per
-// fetch thread, each thread with a few reused easy handles (kept-alive connections). Bytes go
-// from curl's receive buffer straight to the destination the caller hands out per range (the
-// model arena, or a file buffer): no intermediate copy.
+// The ranged-read engine: many HTTP range GETs in flight over libcurl multi handles. One
+// transport per process (created on first use, joined at exit or by ShutdownTransport()) owns
+// the fetch threads, each with its curl multi handle and a pool of reused easy handles, so
+// kept-alive connections are shared by listings' header reads, loads and prefetches alike.
+// Every RangeFetcher::Start submits a job to it; a job's ranges are admitted only once the
+// caller hands out their destination (never blocking the event loop: a full sink delays new
+// ranges and never stalls ranges in flight), and ranges someone waits for now (Boost, or a job
+// of FetchPriority::kNow) go ahead of background read-ahead. Bytes go from curl's receive
+// buffer straight to the destination the caller hands out per range: no intermediate copy.
 //
 // Per range: the server's answer is placed by its Content-Range (a 200 with the whole object,
 // or a 206 that starts elsewhere, never misplaces bytes); a generation header that differs from
@@ -12,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -66,8 +72,9 @@ struct FetchStats {
 };
 
 struct FetchCallbacks {
-  // Destination of range i (length bytes), asked once, right before its first request. Must
-  // not block for long: the calling thread pumps other transfers. nullptr aborts the fetch.
+  // Destination of range i (length bytes), asked right before its first request, on a fetch
+  // thread. Must not block: it runs inside the event loop. nullptr means "no space yet": the
+  // range waits (others proceed) and is asked again after FetchJob::Wake(), or within 50 ms.
   std::function<std::byte*(std::size_t i)> acquire;
   // Instead of `acquire`: bytes of range i at `offset` within the range, handed over straight
   // from curl's receive buffer (e.g. pwrite into the destination file: no staging copy, no
@@ -80,14 +87,40 @@ struct FetchCallbacks {
   // "Authorization: Bearer ..." or "" (anonymous); asked before every request so refreshed
   // tokens are picked up.
   std::function<Result<std::string>()> auth_header;
-  // On the calling thread about every 100 ms with bytes delivered; false cancels.
+  // On the thread in FetchJob::Wait() about every 100 ms with bytes delivered; false cancels.
   std::function<bool(std::uint64_t bytes)> progress;
+};
+
+enum class FetchPriority {
+  kBackground,  // read-ahead, prefetch: takes the connections nobody waits on
+  kNow,         // someone is blocked on these bytes (a tensor the runtime needs, a FUSE read)
+};
+
+// A batch of ranges on the transport. Thread-safe.
+class FetchJob {
+ public:
+  virtual ~FetchJob() = default;
+  // The sink has space again: ranges whose `acquire` returned nullptr are asked again now.
+  virtual void Wake() = 0;
+  // Someone waits for this range now: it starts before every range not boosted.
+  virtual void Boost(std::size_t range) = 0;
+  // Stops admitting ranges and abandons those in flight; Wait() returns kCancelled.
+  virtual void Cancel() = 0;
+  // Until every range is complete, or the job failed (first unrecoverable error; the rest are
+  // abandoned) or was cancelled. Calls `progress` from this thread.
+  virtual Status Wait(FetchStats* stats = nullptr) = 0;
+  virtual bool Done() = 0;
+  virtual std::uint64_t BytesDelivered() const = 0;
 };
 
 class RangeFetcher {
  public:
   explicit RangeFetcher(FetchOptions options);
-  // Fetches every range; returns the first unrecoverable error (others are cancelled).
+  // Submits the ranges to the process's transport and returns at once. `objects` and `ranges`
+  // must outlive the job (until Wait() returns).
+  Result<std::shared_ptr<FetchJob>> Start(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
+                                          FetchCallbacks callbacks, FetchPriority priority = FetchPriority::kBackground);
+  // Start() + Wait(): fetches every range; returns the first unrecoverable error.
   Status Fetch(std::span<const RemoteObject> objects, std::span<const FetchRange> ranges,
                const FetchCallbacks& callbacks, FetchStats* stats = nullptr);
   const FetchOptions& options() const { return options_; }
@@ -95,6 +128,17 @@ class RangeFetcher {
  private:
   FetchOptions options_;
 };
+
+struct TransportStats {
+  unsigned threads = 0;               // fetch threads running
+  std::uint64_t jobs_submitted = 0;   // since the transport started
+  unsigned jobs_active = 0;
+  std::uint64_t reused_handles = 0;   // transfers that reused a pooled easy handle (connection)
+};
+TransportStats GetTransportStats();
+// Cancels every job and joins the fetch threads; the next Start() creates a new transport.
+// Also done at exit.
+void ShutdownTransport();
 
 // Splits [0, size) of each object into chunk-sized ranges, largest objects first.
 std::vector<FetchRange> ChunkObjects(std::span<const RemoteObject> objects, std::uint64_t chunk_bytes);
