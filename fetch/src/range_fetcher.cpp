@@ -504,8 +504,10 @@ void Transport::Dropped(Job* job) {
 
 unsigned Transport::SlotsPerThread() {
   std::lock_guard lk(mu_);
+  // The jobs share one connection budget, the largest any of them asks for: a second job does
+  // not open more connections, it competes for these (kNow first).
   std::uint64_t total = 0;
-  for (const auto& j : jobs_) total += j->opt.concurrency;
+  for (const auto& j : jobs_) total = std::max<std::uint64_t>(total, j->opt.concurrency);
   const std::uint64_t n = std::max<std::size_t>(1, threads_.size());
   return static_cast<unsigned>(std::max<std::uint64_t>(1, (total + n - 1) / n));
 }
