@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "coldstart/loader/engine.h"
+
 namespace coldstart::loader {
 void LinkEnvLoader();  // loader_env.cpp
 }  // namespace coldstart::loader
@@ -46,44 +48,16 @@ const HostTensor* HostModel::Find(std::string_view name) const {
 }
 
 Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoadOptions& options) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto model = std::make_shared<HostModel>();
-  model->layout_ = std::move(layout);
-  const ModelLayout& m = model->layout_;
-
-  std::uint64_t arena_bytes = 0;
-  const std::vector<std::uint64_t> file_pos = HostModel::PlaceFiles(m, &arena_bytes);
-  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, options.arena));
-
-  std::vector<std::string> paths;
-  std::vector<fetch::ReadRange> ranges;
-  for (std::size_t i = 0; i < m.files.size(); ++i) {
-    paths.push_back(m.files[i].path);
-    const auto& h = m.files[i].header;
-    ranges.push_back({static_cast<std::uint32_t>(i), h.data_start(), h.data_bytes,
-                      model->arena_.data() + file_pos[i]});
-  }
-  CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, options.read.direct));
-  // The layout was made from headers read earlier; a file that changed size since would
-  // put bytes in the wrong places.
-  for (std::size_t i = 0; i < m.files.size(); ++i) {
-    if (files.file(i).size != m.files[i].size)
-      return MakeError(Errc::kIntegrity, m.files[i].path + ": file is " + std::to_string(files.file(i).size) +
-                                             " bytes now but its header described " +
-                                             std::to_string(m.files[i].size) + " (changed while loading?)");
-  }
-  CS_ASSIGN_OR_RETURN(auto reader, fetch::LocalReader::Create(options.read));
-  fetch::ReadProgressFn progress;
-  if (options.progress) {
-    const std::uint64_t total = m.total_bytes;
-    progress = [&options, total](std::uint64_t done) { return options.progress(std::min(done, total), total); };
-  }
-  CS_RETURN_IF_ERROR(reader->Read(files, ranges, progress, &model->stats_.read));
-
-  model->SliceTensors(file_pos);
-  model->stats_.bytes = model->stats_.read.bytes;
-  model->stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return model;
+  LoadOptions o;
+  o.device = DeviceSpec{DeviceKind::kCpu, 0};
+  o.read = options.read;
+  o.arena = options.arena;
+  o.progress = options.progress;
+  OpenedModel m;
+  m.local = std::move(layout);
+  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));
+  CS_RETURN_IF_ERROR(handle->WaitAll());
+  return handle->host_model();
 }
 
 }  // namespace coldstart::loader

@@ -7,6 +7,7 @@
 
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
+#include "coldstart/loader/engine.h"
 
 namespace coldstart::loader {
 namespace {
@@ -151,76 +152,22 @@ Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
 
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto model = std::make_shared<HostModel>();
-  model->layout_ = std::move(rm.layout);
-  const ModelLayout& m = model->layout_;
-  std::uint64_t arena_bytes = 0;
-  const std::vector<std::uint64_t> file_pos = HostModel::PlaceFiles(m, &arena_bytes);
-  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, options.arena));
-
-  const auto& fo = rm.session->options().fetch;
-  std::vector<fetch::RemoteObject> objs;
-  std::vector<fetch::FetchRange> ranges;
-  for (std::uint32_t i = 0; i < m.files.size(); ++i) {
-    objs.push_back(rm.files[i].object);
-    const auto& h = m.files[i].header;
-    for (std::uint64_t off = 0; off < h.data_bytes; off += fo.chunk_bytes)
-      ranges.push_back({i, h.data_start() + off, std::min(fo.chunk_bytes, h.data_bytes - off)});
-  }
-  // Largest files first so the tail of the download is not one lone shard.
-  std::stable_sort(ranges.begin(), ranges.end(), [&](const auto& a, const auto& b) {
-    return objs[a.object].size != objs[b.object].size ? objs[a.object].size > objs[b.object].size
-                                                      : a.object < b.object;
-  });
-  std::vector<std::uint32_t> range_crc(ranges.size());
-  fetch::RangeFetcher fetcher(fo);
-  fetch::FetchCallbacks cb;
-  cb.acquire = [&](std::size_t i) {
-    const auto& r = ranges[i];
-    return model->arena_.data() + file_pos[r.object] + (r.offset - m.files[r.object].header.data_start());
-  };
-  cb.done = [&](std::size_t i, std::byte*, std::uint32_t crc) {
-    range_crc[i] = crc;
-    return OkStatus();
-  };
-  cb.auth_header = [&rm] { return rm.session->AuthHeader(); };
-  if (options.progress) {
-    const std::uint64_t total = m.total_bytes;
-    cb.progress = [&options, total](std::uint64_t done) { return options.progress(std::min(done, total), total); };
-  }
-  fetch::FetchStats fs;
-  if (auto st = fetcher.Fetch(objs, ranges, cb, &fs); !st.ok()) return rm.session->Annotate(std::move(st).error());
-
-  CS_ASSIGN_OR_RETURN(auto crc_ok, VerifyCrc32c(rm.files, rm.header_bytes, m, ranges, range_crc));
-  bool all_verified = true;
-  for (std::size_t i = 0; i < m.files.size(); ++i) {
-    if (crc_ok[i]) continue;
-    if (rm.files[i].md5_base64.empty()) {
-      all_verified = false;
-      continue;
-    }
-    // No CRC32C to combine: MD5 over the header we hold and the data in the arena.
-    Md5 md5;
-    md5.Update(rm.header_bytes[i].data(), rm.header_bytes[i].size());
-    md5.Update(model->arena_.data() + file_pos[i], m.files[i].header.data_bytes);
-    if (md5.Base64Digest() != rm.files[i].md5_base64)
-      return MakeError(Errc::kIntegrity, rm.files[i].object.display + ": MD5 mismatch; the data was corrupted in transit");
-    if (stats) ++stats->verified_md5;
-  }
-  model->SliceTensors(file_pos);
-  model->stats_.bytes = fs.bytes;
-  model->stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  model->stats_.read.engine = "http";
-  model->stats_.read.requests = fs.requests;
-  model->stats_.read.retries = fs.retries;
-  model->stats_.read.bytes = fs.bytes;
-  model->stats_.read.threads = fo.EffectiveThreads();
+  LoadOptions o;
+  o.device = DeviceSpec{DeviceKind::kCpu, 0};
+  o.read = options.read;
+  o.arena = options.arena;
+  o.progress = options.progress;
+  OpenedModel m;
+  m.remote = std::move(rm);
+  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));
+  auto st = handle->WaitAll();
   if (stats) {
-    stats->fetch = fs;
-    stats->verified_crc32c = all_verified;
+    stats->fetch = handle->source_stats().fetch;
+    stats->verified_crc32c = handle->source_stats().all_verified;
+    stats->verified_md5 = handle->source_stats().verified_md5;
   }
-  return model;
+  CS_RETURN_IF_ERROR(st);
+  return handle->host_model();
 }
 
 }  // namespace coldstart::loader

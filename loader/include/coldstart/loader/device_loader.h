@@ -87,7 +87,7 @@ class DeviceModel {
   Status ReadBack(const DeviceTensor& t, std::byte* dst) const { return engine_->ReadBack(t.data, t.nbytes, dst); }
 
  private:
-  friend class DevicePipeline;
+  friend class LoadRun;  // engine.cpp
   friend Result<std::shared_ptr<DeviceModel>> LoadLocalToDevice(ModelLayout, const DeviceLoadOptions&);
   friend Result<std::shared_ptr<DeviceModel>> LoadRemoteToDevice(RemoteModel, const DeviceLoadOptions&);
   ModelLayout layout_;

@@ -52,6 +52,7 @@ class HostModel {
   const cache::HostArena& arena() const { return arena_; }
 
  private:
+  friend class LoadRun;  // engine.cpp
   friend Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoadOptions& options);
   friend Result<std::shared_ptr<HostModel>> LoadRemoteToHost(struct RemoteModel model, const HostLoadOptions& options,
                                                              struct RemoteLoadStats* stats);
