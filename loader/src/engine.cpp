@@ -1064,6 +1064,8 @@ class LoadRun final : public LoadHandle {
   std::thread thread_;
 };
 
+std::uint64_t StagingPoolReuses() { return StagingPool::Get().reused(); }
+
 Result<std::shared_ptr<LoadHandle>> StartLoad(OpenedModel model, LoadOptions options, Timeline timeline) {
   auto run = std::make_shared<LoadRun>(std::move(model), std::move(options), std::move(timeline));
   CS_RETURN_IF_ERROR(run->Prepare());

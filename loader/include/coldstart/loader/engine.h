@@ -203,6 +203,9 @@ class LoadHandle {
   virtual const SourceStats& source_stats() const = 0;
 };
 
+// Loads that took their staging memory from the process's pool instead of allocating it.
+std::uint64_t StagingPoolReuses();
+
 // Starts loading and returns at once. `timeline` may carry marks made before (listing).
 Result<std::shared_ptr<LoadHandle>> StartLoad(OpenedModel model, LoadOptions options, Timeline timeline = {});
 

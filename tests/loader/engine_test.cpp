@@ -1,0 +1,236 @@
+// The streaming engine: load handles (wait for a tensor, a layer, everything; callbacks;
+// cancel; the Timeline), a Tee writing files while loading the device from one fetch, a slow
+// sink that never trips the stall timer, and the staging pool across loads.
+#include "coldstart/loader/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <set>
+
+#include "../common/independent.h"
+#include "../common/temp_dir.h"
+#include "coldstart/fake_gcs/server.h"
+#include "coldstart/loader/synth.h"
+
+namespace coldstart::loader {
+namespace {
+
+namespace fs = std::filesystem;
+using coldstart::testing::TempDir;
+
+class Engine : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SynthOptions so;
+    so.size_bytes = 6 << 20;
+    so.shards = 2;
+    so.seed = 5;
+    auto r = SynthesizeModel(dir_ / "bkt/m", so);
+    ASSERT_TRUE(r.ok());
+    layers_ = r->layers;
+    for (const auto& e : fs::directory_iterator(dir_ / "bkt/m"))
+      if (e.path().extension() == ".safetensors") expected_.merge(coldstart::testing::IndependentDigests(e.path().string()));
+    fakegcs::ServerOptions fo;
+    fo.root = dir_.path();
+    auto s = fakegcs::Server::Start(fo);
+    ASSERT_TRUE(s.ok());
+    server_ = std::move(s).value();
+  }
+  OpenedModel Local() {
+    OpenedModel m;
+    auto l = OpenLocalModel(dir_ / "bkt/m");
+    EXPECT_TRUE(l.ok());
+    m.local = std::move(l).value();
+    return m;
+  }
+  OpenedModel Remote(double stall_s = 20) {
+    fetch::RemoteOptions ro;
+    ro.fetch.chunk_bytes = 256 << 10;
+    ro.fetch.retry.initial_backoff_s = 0.01;
+    ro.fetch.retry.stall_timeout_s = stall_s;
+    ro.retry = ro.fetch.retry;
+    auto o = OpenModel("gs://bkt/m", ro, Env::FromMap({{"STORAGE_EMULATOR_HOST", server_->endpoint()}}));
+    EXPECT_TRUE(o.ok()) << o.error().message;
+    return std::move(o).value();
+  }
+  LoadOptions Sim(double bandwidth = 2e9) {
+    LoadOptions o;
+    o.device = {DeviceKind::kSim, 0};
+    o.chunk_bytes = 256 << 10;
+    o.staging_bytes = 4 * ((256 << 10) + 4096);
+    o.sim.bytes_per_second = bandwidth;
+    return o;
+  }
+  std::map<std::string, std::string> Digests(const DeviceModel& m) {
+    std::map<std::string, std::string> out;
+    for (const auto& t : m.tensors()) {
+      std::vector<std::byte> b(t.nbytes);
+      EXPECT_TRUE(m.ReadBack(t, b.data()).ok());
+      out[t.entry->name] = coldstart::testing::Sha256HexOf(b.data(), b.size());
+    }
+    return out;
+  }
+  TempDir dir_;
+  unsigned layers_ = 0;
+  std::map<std::string, std::string> expected_;
+  std::unique_ptr<fakegcs::Server> server_;
+};
+
+TEST(EnginePlan, LayersAndFilters) {
+  EXPECT_EQ(TensorLayer("model.layers.12.mlp.up_proj.weight"), 12);
+  EXPECT_EQ(TensorLayer("model.language_model.layers.3.x"), 3);
+  EXPECT_EQ(TensorLayer("model.embed_tokens.weight"), -1);
+  EXPECT_EQ(TensorLayer("model.layers.x"), -1);
+}
+
+// The handle comes back before the bytes; waits for one tensor and one layer return as soon
+// as those are in place, before the whole model, and every callback fires once.
+TEST_F(Engine, HandleWaitsForTensorsAndLayersBeforeEverything) {
+  for (bool remote : {false, true}) {
+    auto o = Sim(1.2e7);  // ~0.5 s for 6 MiB: the load is still running when layer 0 is in
+    o.order = LoadOrder::kLayer;
+    std::mutex mu;
+    std::set<int> layers_seen;
+    std::atomic<int> tensors_seen{0};
+    o.on_layer = [&](int l) {
+      std::lock_guard lk(mu);
+      EXPECT_TRUE(layers_seen.insert(l).second) << "layer " << l << " reported twice";
+    };
+    o.on_ready = [&](const DeviceTensor&) { ++tensors_seen; };
+    Timeline tl;
+    tl.Mark("listing");
+    auto h = StartLoad(remote ? Remote() : Local(), o, tl);
+    ASSERT_TRUE(h.ok()) << h.error().message;
+    auto& handle = **h;
+    const std::string last_layer = "model.layers." + std::to_string(layers_ - 1) + ".mlp.down_proj.weight";
+    ASSERT_TRUE(handle.WaitTensor("model.embed_tokens.weight").ok());
+    EXPECT_TRUE(handle.Ready("model.embed_tokens.weight"));
+    ASSERT_TRUE(handle.WaitLayer(0).ok());
+    EXPECT_FALSE(handle.progress().finished) << "layer 0 came only with the whole model (remote=" << remote << ")";
+    ASSERT_TRUE(handle.WaitTensor(last_layer).ok());
+    ASSERT_TRUE(handle.WaitAll().ok());
+    auto p = handle.progress();
+    EXPECT_TRUE(p.finished);
+    EXPECT_EQ(p.tensors_ready, p.tensors_total);
+    EXPECT_EQ(p.bytes_done, p.bytes_total);
+    EXPECT_EQ(tensors_seen.load(), static_cast<int>(expected_.size()));
+    EXPECT_EQ(layers_seen.size(), layers_);
+    EXPECT_EQ(Digests(*handle.device_model()), expected_);
+    // The Timeline: what the caller marked, then the load's phases in order.
+    const auto& t = handle.timeline();
+    for (const char* ph : {"listing", "plan", "first_byte", "fetch", "h2d", "ready"}) EXPECT_TRUE(t.Has(ph)) << ph;
+    EXPECT_LE(t.Seconds("listing"), t.Seconds("plan"));
+    EXPECT_LE(t.Seconds("plan"), t.Seconds("first_byte"));
+    EXPECT_LE(t.Seconds("first_byte"), t.Seconds("fetch"));
+    EXPECT_LE(t.Seconds("fetch"), t.Seconds("ready"));
+    EXPECT_FALSE(handle.WaitTensor("no.such.tensor").ok());
+    EXPECT_EQ(handle.WaitLayer(9999).error().code, Errc::kNotFound);
+  }
+}
+
+// A tensor waited for jumps the read-ahead queue: with one connection and a slow server, the
+// last tensor of the plan arrives long before the plan's middle.
+TEST_F(Engine, WaitedTensorIsFetchedAhead) {
+  fetch::RemoteOptions ro;
+  ro.fetch.chunk_bytes = 64 << 10;
+  ro.fetch.concurrency = 1;
+  ro.fetch.threads = 1;
+  auto om = OpenModel("gs://bkt/m", ro, Env::FromMap({{"STORAGE_EMULATOR_HOST", server_->endpoint()}}));
+  ASSERT_TRUE(om.ok());
+  LoadOptions o;
+  o.device = {DeviceKind::kCpu, 0};
+  o.order = LoadOrder::kFile;
+  const std::string last = om->layout().tensors.back().name;
+  const std::string first = om->layout().tensors.front().name;
+  auto h = StartLoad(std::move(om).value(), o);
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE((*h)->WaitTensor(last).ok());
+  auto p = (*h)->progress();
+  EXPECT_LT(p.bytes_done, p.bytes_total / 2) << "the waited-for tensor came only after half the model";
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  EXPECT_TRUE((*h)->Ready(first));
+}
+
+// Cancel from another thread: WaitAll says cancelled, no model.
+TEST_F(Engine, CancelStopsTheLoad) {
+  auto o = Sim(2e7);  // ~0.3 s for the model
+  auto h = StartLoad(Local(), o);
+  ASSERT_TRUE(h.ok());
+  (*h)->Cancel();
+  auto st = (*h)->WaitAll();
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::kCancelled);
+  EXPECT_FALSE((*h)->progress().bytes_done == (*h)->progress().bytes_total && (*h)->progress().tensors_ready == (*h)->progress().tensors_total);
+}
+
+// One fetch feeds two sinks: the device and files on disk (what the disk cache needs).
+TEST_F(Engine, TeeWritesTheFilesAndLoadsTheDeviceFromOneFetch) {
+  TempDir out;
+  server_->ResetStats();
+  auto o = Sim();
+  o.also_write_to = out / "copy";
+  auto h = StartLoad(Remote(), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+  EXPECT_TRUE((*h)->device_model()->stats().crc32c_verified);
+  for (const auto& e : fs::directory_iterator(dir_ / "bkt/m")) {
+    if (e.path().extension() != ".safetensors") continue;
+    const auto copy = out / ("copy/" + e.path().filename().string());
+    ASSERT_TRUE(fs::exists(copy)) << copy;
+    EXPECT_EQ(coldstart::testing::ReadFile(copy), coldstart::testing::ReadFile(e.path().string())) << copy;
+  }
+  // Every data byte was fetched once: media bytes sent = the headers' first reads + data.
+  std::uint64_t data = 0;
+  for (const auto& f : (*h)->device_model()->layout().files) data += f.header.data_bytes;
+  EXPECT_EQ((*h)->source_stats().fetch.bytes, data);
+  for (const auto& e : fs::directory_iterator(out / "copy"))
+    EXPECT_EQ(e.path().string().find("coldstart-tee"), std::string::npos) << "temporary left: " << e.path();
+}
+
+// A filtered load writes no partial file under a final name.
+TEST_F(Engine, TeeOfAFilteredLoadKeepsNoIncompleteFile) {
+  TempDir out;
+  auto o = Sim();
+  o.filter = [](const std::string& n) { return n.find("layers.0.") != std::string::npos; };
+  o.also_write_to = out / "copy";
+  auto h = StartLoad(Local(), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  std::size_t n = 0;
+  if (fs::exists(out / "copy"))
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(out / "copy")) ++n;
+  EXPECT_EQ(n, 0u);
+}
+
+// A device far slower than the network: ranges wait for staging space instead of stalling on
+// their connection, so a 1 s stall window never fires, and the budget holds.
+TEST_F(Engine, SlowSinkNeverTripsTheStallTimerAndKeepsTheBudget) {
+  auto o = Sim(3e6);  // 6 MiB at 3 MB/s: ~2 s, with a 1 s stall window
+  auto h = StartLoad(Remote(1.0), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  auto st = (*h)->WaitAll();
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  const auto& s = (*h)->device_model()->stats();
+  EXPECT_LE(s.peak_staging_bytes, s.staging_budget);
+  EXPECT_EQ((*h)->source_stats().fetch.retries, 0u);
+  EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+}
+
+// The staging memory outlives one load and is reused by the next.
+TEST_F(Engine, StagingMemoryIsReusedAcrossLoads) {
+  const std::uint64_t before = StagingPoolReuses();
+  for (int k = 0; k < 2; ++k) {
+    auto h = StartLoad(Local(), Sim());
+    ASSERT_TRUE(h.ok());
+    ASSERT_TRUE((*h)->WaitAll().ok());
+    EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+  }
+  EXPECT_GE(StagingPoolReuses(), before + 1);
+}
+
+}  // namespace
+}  // namespace coldstart::loader
