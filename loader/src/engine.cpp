@@ -714,6 +714,9 @@ class RemoteSource final : public Source {
       ctl.boost = [&plan, j = job.get()](std::uint32_t t) {
         for (std::size_t c : plan.chunks_of_tensor[t]) j->Boost(c);
       };
+      // Waits that came before the job existed.
+      for (std::uint32_t t : ctl.pending_boosts) ctl.boost(t);
+      ctl.pending_boosts.clear();
     }
     auto st = job->Wait(&stats->fetch);
     {
@@ -980,18 +983,13 @@ class LoadRun final : public LoadHandle {
   Status WaitTensor(std::string_view name) override {
     auto t = Index(name);
     if (!t) return MakeError(Errc::kNotFound, "no tensor '" + std::string(name) + "' in this load");
-    if (!state_->Ready(*t)) {
-      std::lock_guard lk(ctl_.boost_mu);
-      if (ctl_.boost) ctl_.boost(*t);
-    }
+    if (!state_->Ready(*t)) Boost(*t);
     return state_->WaitTensor(*t);
   }
   Status WaitLayer(int layer) override {
     {
-      std::lock_guard lk(ctl_.boost_mu);
-      if (ctl_.boost)
-        for (auto t : plan_.selected)
-          if (layer_of_[t] == layer && !state_->Ready(t)) ctl_.boost(t);
+      for (auto t : plan_.selected)
+        if (layer_of_[t] == layer && !state_->Ready(t)) Boost(t);
     }
     return state_->WaitLayer(layer);
   }
@@ -1017,6 +1015,14 @@ class LoadRun final : public LoadHandle {
   const SourceStats& source_stats() const override { return stats_; }
 
  private:
+  void Boost(std::uint32_t t) {
+    std::lock_guard lk(ctl_.boost_mu);
+    if (ctl_.boost) {
+      ctl_.boost(t);
+    } else {
+      ctl_.pending_boosts.push_back(t);
+    }
+  }
   const RemoteModel& rm() const { return *opened_.remote; }
   ModelLayout& layout_mut() { return opened_.remote ? opened_.remote->layout : opened_.local; }
   std::optional<std::uint32_t> Index(std::string_view name) const {

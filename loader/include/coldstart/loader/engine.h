@@ -140,7 +140,8 @@ struct SourceControl {
   Timeline* timeline = nullptr;
   // Set by the source: ask for tensor t's chunks before the read-ahead.
   std::function<void(std::uint32_t tensor)> boost;
-  std::mutex boost_mu;  // guards boost
+  std::vector<std::uint32_t> pending_boosts;  // asked for before the source set `boost`
+  std::mutex boost_mu;  // guards boost and pending_boosts
 };
 
 struct SourceStats {
