@@ -931,6 +931,8 @@ class LoadRun final : public LoadHandle {
       Status st = Run();
       if (st.ok()) {
         timeline_.Mark("ready");
+        if (host_) host_->stats_.timeline = timeline_;
+        if (device_) device_->stats_.timeline = timeline_;
         if (o_.progress) o_.progress(plan_.source_bytes, plan_.source_bytes);
       }
       state_->Finish(std::move(st));
@@ -1073,6 +1075,8 @@ class LoadRun final : public LoadHandle {
 std::uint64_t StagingPoolReuses() { return StagingPool::Get().reused(); }
 
 Result<std::shared_ptr<LoadHandle>> StartLoad(OpenedModel model, LoadOptions options, Timeline timeline) {
+  // The marks made while opening (listing, headers) start the load's Timeline.
+  if (timeline.Entries().empty()) timeline = model.remote ? model.remote->timeline : model.timeline;
   auto run = std::make_shared<LoadRun>(std::move(model), std::move(options), std::move(timeline));
   CS_RETURN_IF_ERROR(run->Prepare());
   run->Start();

@@ -51,6 +51,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   RemoteModel m;
   m.session = session;
   CS_ASSIGN_OR_RETURN(auto listing, session->List());
+  m.timeline.Mark("listing");
   std::unique_ptr<ShardIndex> index;
   std::vector<fetch::RemoteFile> shards;
   auto idx_it = std::find_if(listing.begin(), listing.end(), [](const auto& f) { return f.name == kIndexFileName; });
@@ -107,6 +108,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   m.files = std::move(shards);
   m.header_bytes = std::move(prefixes);
   m.plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.timeline.Mark("headers");
   return m;
 }
 
@@ -115,6 +117,7 @@ Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOption
   OpenedModel opened;
   if (src.kind == fetch::SourceKind::kLocal) {
     CS_ASSIGN_OR_RETURN(opened.local, OpenLocalModel(std::string(source)));
+    opened.timeline.Mark("headers");
     return opened;
   }
   CS_ASSIGN_OR_RETURN(auto session, fetch::RemoteSession::Open(src, remote, env));

@@ -107,6 +107,10 @@ int RunLoad(const LoadArgs& args) {
                {"short_reads", st.read.short_reads},   {"retries", st.read.retries}};
     if (!digests.empty()) j["digest_seconds"] = digest_seconds;
     j["tensor_library"] = args.torch ? torch.torch_version : "none (--no-torch)";
+    {
+      auto& tl = j["timeline"] = nlohmann::ordered_json::object();
+      for (const auto& [phase, secs] : st.timeline.Entries()) tl[phase] = secs;
+    }
     // ordered_json stores keys in a vector: take this reference only after the last new key.
     auto& arr = j["tensors"] = nlohmann::ordered_json::array();
     for (std::size_t i = 0; i < names.size(); ++i) {

@@ -115,6 +115,10 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
                     {"chunk_bytes", s.chunk_bytes}, {"copies", s.copies}};
     j["crc32c_verified"] = s.crc32c_verified;
     j["tensors_ready"] = ready.load();
+    {
+      auto& tl = j["timeline"] = nlohmann::ordered_json::object();
+      for (const auto& [phase, secs] : s.timeline.Entries()) tl[phase] = secs;
+    }
     auto& arr = j["tensors"] = nlohmann::ordered_json::array();
     for (std::size_t i = 0; i < m.tensors().size(); ++i) {
       const auto& t = m.tensors()[i];

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "coldstart/core/timeline.h"
 #include "coldstart/fetch/local_reader.h"
 #include "coldstart/loader/copy_engine.h"
 #include "coldstart/loader/model.h"
@@ -61,6 +62,7 @@ struct DeviceLoadOptions {
 };
 
 struct PhaseStats {
+  Timeline timeline;              // phases since process start ("first_byte", "fetch", "h2d", "ready", ...)
   double first_byte_seconds = 0;  // from start to the first byte in staging
   double fetch_seconds = 0;       // from start to the last byte in staging
   double h2d_seconds = 0;         // from the first copy submitted to the last completed

@@ -11,6 +11,7 @@
 
 #include "coldstart/cache/host_arena.h"
 #include "coldstart/core/env.h"
+#include "coldstart/core/timeline.h"
 #include "coldstart/fetch/local_reader.h"
 #include "coldstart/loader/model.h"
 #include "coldstart/core/result.h"
@@ -36,6 +37,7 @@ struct HostTensor {
 };
 
 struct HostLoadStats {
+  Timeline timeline;           // phases since process start ("first_byte", "fetch", "ready", ...)
   double seconds = 0;          // data phase (allocation + reads)
   std::uint64_t bytes = 0;
   fetch::LocalReadStats read;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "coldstart/core/timeline.h"
 #include "coldstart/fetch/remote.h"
 #include "coldstart/loader/host_loader.h"
 #include "coldstart/loader/model.h"
@@ -21,6 +22,7 @@ struct RemoteModel {
   ModelLayout layout;
   std::vector<std::string> header_bytes;   // bytes [0, data_start) of each file
   double plan_seconds = 0;
+  Timeline timeline;                       // "listing", "headers"
 };
 
 // Lists the source, picks the shards (by the index when there is one) and reads their headers.
@@ -36,6 +38,7 @@ struct RemoteLoadStats {
 // (session, listing and headers: OpenRemoteModel).
 struct OpenedModel {
   ModelLayout local;
+  Timeline timeline;  // local: "headers"; remote: in remote->timeline
   std::optional<RemoteModel> remote;
   const ModelLayout& layout() const { return remote ? remote->layout : local; }
 };
