@@ -13,7 +13,9 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <optional>
 #include <thread>
 
@@ -133,8 +135,7 @@ void NameThread(const char* base, unsigned i) {
 
 // A pread loop. Short reads continue, EINTR/EAGAIN retry, EINVAL on a direct read falls
 // back to the buffered descriptor for the rest of the chunk.
-void PreadWorker(Job* job, unsigned index) {
-  NameThread("cs-pread-", index);
+void RunPread(Job* job) {
   LocalReadStats s;
   Chunk c;
   while (job->NextChunk(&c)) {
@@ -177,16 +178,8 @@ void PreadWorker(Job* job, unsigned index) {
 // One ring per thread. Each slot holds one chunk's remaining part; completions are matched
 // by slot index in user_data. The ring is always drained before the worker returns, so the
 // kernel never writes into caller memory after Read() has returned.
-void UringWorker(Job* job, unsigned index, unsigned depth) {
-  NameThread("cs-uring-", index);
+void RunUring(Job* job, io_uring& ring, unsigned depth) {
   LocalReadStats s;
-  io_uring ring;
-  int rc = io_uring_queue_init(depth, &ring, 0);
-  if (rc < 0) {
-    job->Fail(MakeSysError(Errc::kUnavailable, "io_uring_queue_init", -rc));
-    job->Merge(s);
-    return;
-  }
   struct Slot {
     Chunk c;
     std::uint64_t got;
@@ -237,7 +230,7 @@ void UringWorker(Job* job, unsigned index, unsigned depth) {
     if (inflight == 0) break;
     // Submit what is queued and wait for a completion. -EINTR, -EAGAIN and -EBUSY (the kernel
     // is short of memory, or the completion queue is full) are transient: reap and go again.
-    rc = io_uring_submit_and_wait(&ring, 1);
+    int rc = io_uring_submit_and_wait(&ring, 1);
     if (rc == -EAGAIN || rc == -EBUSY) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
       // Reads may still be running in the kernel and writing into caller memory, so this
@@ -302,14 +295,23 @@ void UringWorker(Job* job, unsigned index, unsigned depth) {
     }
     io_uring_cq_advance(&ring, seen);
   }
-  io_uring_queue_exit(&ring);
   job->Merge(s);
 }
 
+// I/O threads that live as long as the reader: each owns its ring (set up once, not per
+// read) and waits for the next job. One Read() at a time uses them.
 class ThreadedReader final : public LocalReader {
  public:
   ThreadedReader(IoEngine engine, LocalReadOptions options)
       : engine_(engine), options_(options) {}
+  ~ThreadedReader() override {
+    {
+      std::lock_guard lk(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
 
   IoEngine engine() const override { return engine_; }
 
@@ -337,14 +339,18 @@ class ThreadedReader final : public LocalReader {
     unsigned n = std::max<unsigned>(1, std::min<unsigned>(options_.EffectiveThreads(),
                                                           static_cast<unsigned>(job.chunks.size())));
     job.running = n;
-    std::vector<std::thread> threads;
-    threads.reserve(n);
-    for (unsigned i = 0; i < n; ++i) {
-      if (engine_ == IoEngine::kUring)
-        threads.emplace_back(UringWorker, &job, i, options_.queue_depth);
-      else
-        threads.emplace_back(PreadWorker, &job, i);
+    std::lock_guard one_read(read_mu_);
+    {
+      std::lock_guard lk(mu_);
+      while (threads_.size() < n) {
+        const unsigned index = static_cast<unsigned>(threads_.size());
+        threads_.emplace_back([this, index] { Loop(index); });
+      }
+      job_ = &job;
+      participants_ = n;
+      ++generation_;
     }
+    cv_.notify_all();
     bool cancelled = false;
     {
       std::unique_lock lk(job.mu);
@@ -361,7 +367,11 @@ class ThreadedReader final : public LocalReader {
         }
       }
     }
-    for (auto& t : threads) t.join();
+    {
+      // Every participant has merged: none touches `job` again.
+      std::lock_guard lk(mu_);
+      job_ = nullptr;
+    }
     if (stats) {
       *stats = job.stats;
       stats->engine = engine_ == IoEngine::kUring ? "io_uring" : "pread";
@@ -377,9 +387,45 @@ class ThreadedReader final : public LocalReader {
     return OkStatus();
   }
 
- private:
+  private:
+  void Loop(unsigned index) {
+    const bool uring = engine_ == IoEngine::kUring;
+    NameThread(uring ? "cs-uring-" : "cs-pread-", index);
+    io_uring ring;
+    int ring_rc = uring ? io_uring_queue_init(options_.queue_depth, &ring, 0) : 0;
+    std::uint64_t seen = 0;
+    for (;;) {
+      Job* job = nullptr;
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return quit_ || generation_ != seen; });
+        if (quit_) break;
+        seen = generation_;
+        if (index >= participants_) continue;
+        job = job_;
+      }
+      if (!uring) {
+        RunPread(job);
+      } else if (ring_rc < 0) {
+        job->Fail(MakeSysError(Errc::kUnavailable, "io_uring_queue_init", -ring_rc));
+        job->Merge({});
+      } else {
+        RunUring(job, ring, options_.queue_depth);
+      }
+    }
+    if (uring && ring_rc >= 0) io_uring_queue_exit(&ring);
+  }
+
   IoEngine engine_;
   LocalReadOptions options_;
+  std::mutex read_mu_;  // one Read() at a time on these threads
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::thread> threads_;  // GUARDED_BY(mu_)
+  Job* job_ = nullptr;                // GUARDED_BY(mu_)
+  unsigned participants_ = 0;         // GUARDED_BY(mu_): threads 0..participants_-1 work on job_
+  std::uint64_t generation_ = 0;      // GUARDED_BY(mu_): one per Read()
+  bool quit_ = false;                 // GUARDED_BY(mu_)
 };
 
 }  // namespace
@@ -465,6 +511,24 @@ Result<std::unique_ptr<LocalReader>> LocalReader::Create(const LocalReadOptions&
                      "io_uring was requested but this kernel refuses it (disabled by sysctl "
                      "kernel.io_uring_disabled or a seccomp profile?); use --io-engine pread");
   return std::unique_ptr<LocalReader>(new ThreadedReader(engine, options));
+}
+
+Result<std::shared_ptr<LocalReader>> SharedLocalReader(const LocalReadOptions& options) {
+  CS_RETURN_IF_ERROR(options.Validate());
+  static std::mutex mu;
+  static std::map<std::tuple<int, unsigned, unsigned, std::uint64_t>, std::shared_ptr<LocalReader>> readers;
+  std::lock_guard lk(mu);
+  IoEngine engine = options.engine;
+  if (engine == IoEngine::kAuto) engine = UringAvailable() ? IoEngine::kUring : IoEngine::kPread;
+  auto key = std::make_tuple(static_cast<int>(engine), options.queue_depth, options.EffectiveThreads(), options.chunk_bytes);
+  auto& r = readers[key];
+  if (!r) {
+    LocalReadOptions o = options;
+    o.engine = engine;
+    CS_ASSIGN_OR_RETURN(auto made, LocalReader::Create(o));
+    r = std::move(made);
+  }
+  return r;
 }
 
 Result<double> PageCacheResidency(int fd, std::uint64_t size) {

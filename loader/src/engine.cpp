@@ -586,7 +586,7 @@ class LocalSource final : public Source {
         return MakeError(Errc::kIntegrity, m_.files[i].path + ": file is " + std::to_string(files.file(i).size) +
                                                " bytes now but its header described " + std::to_string(m_.files[i].size) +
                                                " (changed while loading?)");
-    CS_ASSIGN_OR_RETURN(auto reader, fetch::LocalReader::Create(o_));
+    CS_ASSIGN_OR_RETURN(auto reader, fetch::SharedLocalReader(o_));
     std::mutex space_mu;
     std::condition_variable space_cv;
     bool space = false;

@@ -111,6 +111,10 @@ class LocalReader {
                       const ReadProgressFn& progress = {}, LocalReadStats* stats = nullptr) = 0;
 };
 
+// The process's reader for these options: its I/O threads and their rings are set up once and
+// serve every later load (one Read() at a time; a second caller waits). Thread-safe.
+Result<std::shared_ptr<LocalReader>> SharedLocalReader(const LocalReadOptions& options);
+
 // True when this kernel (and seccomp profile) lets us set up an io_uring.
 bool UringAvailable();
 
