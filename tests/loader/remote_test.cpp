@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "../common/independent.h"
 #include "../common/temp_dir.h"
@@ -223,6 +224,52 @@ INSTANTIATE_TEST_SUITE_P(
                       FaultCase{"stall", Fault(FaultSpec::Kind::kStall, 50000, 1, 0, 3.0)}),
     [](const auto& i) { return i.param.name; });
 
+// An interrupted prefetch keeps its verified ranges: the next run fetches only the rest. A
+// partial of an object that changed generation, or left the source, is removed.
+TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
+  // One range of each shard stalls: the rest arrives, then the run is cancelled.
+  for (const char* shard : {"1", "2", "3"}) {
+    FaultSpec f = Fault(FaultSpec::Kind::kStall, 100000, 1, 0, 3.0);
+    f.object_glob = std::string("bkt/models/m/model-0000") + shard + "-of-00003.safetensors";
+    server_->AddFault(f);
+  }
+  TempDir dest;
+  auto s = Emulated();
+  PrefetchOptions stop;
+  stop.progress = [](std::uint64_t done, std::uint64_t) { return done < (2u << 20); };
+  auto first = Prefetch(*s, dest.path(), stop);
+  ASSERT_FALSE(first.ok());
+  EXPECT_EQ(first.error().code, Errc::kCancelled);
+  auto partials = [&] {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(dest.path())) {
+      auto n = e.path().filename().string();
+      if (auto p = n.find(".coldstart-partial."); p != std::string::npos) names.insert(n.substr(1, p - 1));
+    }
+    return names;
+  };
+  auto kept = partials();
+  ASSERT_EQ(kept.size(), 3u) << "every shard was unfinished";
+  // One object is overwritten (a new generation), another leaves the source, the third resumes.
+  auto it = kept.begin();
+  const std::string changed = *it++, gone = *it;
+  ASSERT_TRUE(server_->BumpGeneration("bkt", "models/m/" + changed).ok());
+  fs::rename(root_ / ("bkt/models/m/" + gone), root_ / "gone.bin");
+  server_->ResetStats();
+  auto second = Prefetch(*Emulated(), dest.path(), PrefetchOptions{});
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_GT(second->resumed_bytes, 0u);
+  EXPECT_GE(second->stale_removed, 2u) << "the gone object's partial and record";
+  EXPECT_EQ(second->resumed_files, 1u);
+  EXPECT_EQ(second->bytes + second->resumed_bytes + second->skipped_bytes, ModelBytes());
+  EXPECT_EQ(server_->stats().media_bytes_sent, second->bytes) << "kept ranges are not fetched again";
+  EXPECT_LT(second->bytes, ModelBytes());
+  ExpectSameFolder(dest.path());
+  EXPECT_FALSE(fs::exists(dest / gone));
+  EXPECT_TRUE(partials().empty());
+  for (const auto& e : fs::directory_iterator(dest.path())) EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
+}
+
 TEST_F(RemoteTest, CorruptionIsDetectedAndNothingIsWritten) {
   server_->AddFault(Fault(FaultSpec::Kind::kCorrupt, 70000, 0));
   TempDir dest;
@@ -234,7 +281,8 @@ TEST_F(RemoteTest, CorruptionIsDetectedAndNothingIsWritten) {
   EXPECT_EQ(r.error().code, Errc::kIntegrity);
   EXPECT_NE(r.error().message.find("CRC32C mismatch"), std::string::npos) << r.error().message;
   EXPECT_FALSE(fs::exists(dest / "model-00001-of-00003.safetensors"));
-  EXPECT_FALSE(fs::exists(dest / "model-00001-of-00003.safetensors.coldstart-partial"));
+  for (const auto& e : fs::directory_iterator(dest.path()))
+    EXPECT_EQ(e.path().string().find(".coldstart-partial"), std::string::npos) << "bad bytes are not kept: " << e.path();
   // The same through a remote load: never loaded.
   auto rm = OpenRemoteModel(Emulated());
   ASSERT_TRUE(rm.ok());

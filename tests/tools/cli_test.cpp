@@ -1,6 +1,12 @@
 // The `coldstart` executable as a user meets it: exit codes, one-line errors, JSON outputs.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -221,6 +227,173 @@ TEST_F(CliRemote, ErrorsAreOneLineWithTheRightExitCode) {
   EXPECT_FALSE(std::filesystem::exists(out_ / "c/model-00001-of-00002.safetensors"));
   auto load = Exec("load gs://bkt/m --no-torch", env_);
   EXPECT_EQ(load.code, 5) << load.err;
+}
+
+TEST_F(CliRemote, NotASafetensorsBodyIsNeverSavedAsAModel) {
+  WriteFile(root_ / "bkt/h/model.safetensors", "<!DOCTYPE html><html><body>Sign in to continue</body></html>\n");
+  auto r = Exec("prefetch gs://bkt/h " + (out_ / "h"), env_);
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("gs://bkt/h/model.safetensors"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not a safetensors file"), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty());
+  EXPECT_TRUE(std::filesystem::is_empty(out_ / "h")) << "nothing under the final name, no partial left";
+}
+
+TEST_F(CliRemote, PlantedSymlinksAreNeverFollowed) {
+  const std::string victim = out_ / "victim";
+  WriteFile(victim, "precious");
+  std::filesystem::create_directories(out_ / "m");
+  // The fixed temporary name of earlier versions: removed (the link, not its target).
+  const std::string old_name = out_ / "m/model-00001-of-00002.safetensors.coldstart-partial";
+  ASSERT_EQ(::symlink(victim.c_str(), old_name.c_str()), 0);
+  auto p = Exec("prefetch gs://bkt/m " + (out_ / "m") + " --json", env_);
+  ASSERT_EQ(p.code, 0) << p.err;
+  EXPECT_EQ(coldstart::testing::ReadFile(victim), "precious");
+  EXPECT_FALSE(std::filesystem::is_symlink(old_name));
+  EXPECT_EQ(coldstart::testing::ReadFile(out_ / "m/model-00001-of-00002.safetensors"),
+            coldstart::testing::ReadFile(root_ / "bkt/m/model-00001-of-00002.safetensors"));
+  // At a lock's name: refused with one line, nothing written through it.
+  std::filesystem::create_directories(out_ / "n");
+  ASSERT_EQ(::symlink(victim.c_str(), (out_ / "n/.config.json.coldstart-lock").c_str()), 0);
+  auto q = Exec("prefetch gs://bkt/m " + (out_ / "n"), env_);
+  EXPECT_EQ(q.code, 6) << q.err;
+  EXPECT_EQ(Lines(q.err), 1) << q.err;
+  EXPECT_NE(q.err.find("symbolic link"), std::string::npos) << q.err;
+  EXPECT_EQ(coldstart::testing::ReadFile(victim), "precious");
+}
+
+// ---- slow transfers: signals, concurrent runs and resume ----
+
+// The CLI as a child process whose pid we know (the shell execs it), output into files.
+class Child {
+ public:
+  Child(const std::string& args, const std::string& env) {
+    const std::string cmd = "exec env " + env + " " + COLDSTART_BIN + " " + args + " >" + (t_ / "out") + " 2>" + (t_ / "err");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+  }
+  void Signal(int sig) { ::kill(pid_, sig); }
+  Run Wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    Run r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = coldstart::testing::ReadFile(t_ / "out");
+    r.err = coldstart::testing::ReadFile(t_ / "err");
+    return r;
+  }
+
+ private:
+  TempDir t_;
+  pid_t pid_ = -1;
+};
+
+// A 4 MiB model behind a server that sends 1 MiB/s per connection.
+class CliSlow : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(Exec("synth " + (root_ / "bkt/m") + " --size 4MiB --shards 2 --seed 5").code, 0);
+    coldstart::fakegcs::ServerOptions o;
+    o.root = root_.path();
+    o.rate_limit_bytes_per_s = 1 << 20;
+    auto s = coldstart::fakegcs::Server::Start(o);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    server_ = std::move(s).value();
+    env_ = "STORAGE_EMULATOR_HOST=" + server_->endpoint() + " COLDSTART_METADATA=off COLDSTART_RETRY_INITIAL=0.01";
+  }
+  // Every file we wrote equals the source; what else is left in the folder.
+  std::vector<std::string> CheckFolder(const std::string& dir) {
+    std::vector<std::string> hidden;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (name[0] == '.') {
+        hidden.push_back(name);
+        continue;
+      }
+      EXPECT_EQ(coldstart::testing::ReadFile(e.path().string()), coldstart::testing::ReadFile(root_ / ("bkt/m/" + name))) << name;
+    }
+    return hidden;
+  }
+  TempDir root_, out_;
+  std::unique_ptr<coldstart::fakegcs::Server> server_;
+  std::string env_;
+};
+
+TEST_F(CliSlow, SignalsCancelPrefetchInOneLineAndTheNextRunResumes) {
+  const std::string dest = out_ / "m";
+  const std::string slow = "prefetch gs://bkt/m " + dest + " --json --concurrency 1 --remote-chunk 128KiB";
+  Child a(slow, env_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  a.Signal(SIGINT);
+  auto ra = a.Wait();
+  EXPECT_EQ(ra.code, 130) << ra.err;
+  EXPECT_EQ(Lines(ra.err), 1) << ra.err;
+  EXPECT_EQ(ra.err.rfind("coldstart: cancelled by SIGINT", 0), 0u) << ra.err;
+  EXPECT_TRUE(ra.out.empty()) << ra.out;
+  auto left = CheckFolder(dest);
+  std::size_t partials = 0, records = 0;
+  for (const auto& n : left) {
+    partials += n.find(".coldstart-partial.") != std::string::npos;
+    records += n.find(".coldstart-resume") != std::string::npos;
+    EXPECT_EQ(n.find(".coldstart-lock"), std::string::npos) << n;
+  }
+  EXPECT_GE(partials, 1u) << "verified ranges are kept";
+  EXPECT_EQ(partials, records) << "each kept partial has its resume record";
+
+  Child b(slow, env_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  b.Signal(SIGTERM);
+  auto rb = b.Wait();
+  EXPECT_EQ(rb.code, 143) << rb.err;
+  EXPECT_EQ(Lines(rb.err), 1) << rb.err;
+  EXPECT_EQ(rb.err.rfind("coldstart: cancelled by SIGTERM", 0), 0u) << rb.err;
+
+  server_->ResetStats();
+  auto done = Exec("prefetch gs://bkt/m " + dest + " --json --concurrency 8 --remote-chunk 128KiB", env_);
+  ASSERT_EQ(done.code, 0) << done.err;
+  auto j = nlohmann::json::parse(done.out);
+  const auto resumed = j["resumed_bytes"].get<std::uint64_t>();
+  EXPECT_GT(resumed, 1u << 20) << "about 1.7 s at 1 MiB/s were kept";
+  std::uint64_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(root_ / "bkt/m")) total += e.file_size();
+  EXPECT_LE(server_->stats().media_bytes_sent, total - resumed) << "kept ranges are not fetched again";
+  EXPECT_TRUE(CheckFolder(dest).empty()) << "no partial, record or lock left";
+}
+
+TEST_F(CliSlow, SignalsCancelLoadsInOneLine) {
+  Child host("load gs://bkt/m --no-torch --concurrency 1 --remote-chunk 128KiB", env_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  host.Signal(SIGTERM);
+  auto r = host.Wait();
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("coldstart: cancelled by SIGTERM", 0), 0u) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  Child sim("load gs://bkt/m --device sim --concurrency 1 --remote-chunk 128KiB", env_);
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  sim.Signal(SIGINT);
+  auto s = sim.Wait();
+  EXPECT_EQ(s.code, 130) << s.err;
+  EXPECT_EQ(Lines(s.err), 1) << s.err;
+  EXPECT_EQ(s.err.rfind("coldstart: cancelled by SIGINT", 0), 0u) << s.err;
+}
+
+TEST_F(CliSlow, ConcurrentPrefetchesIntoOneFolderNeverShareAFile) {
+  const std::string dest = out_ / "m";
+  const std::string args = "prefetch gs://bkt/m " + dest + " --json --concurrency 4 --remote-chunk 256KiB";
+  Child a(args, env_), b(args, env_);
+  auto ra = a.Wait(), rb = b.Wait();
+  ASSERT_EQ(ra.code, 0) << ra.err;
+  ASSERT_EQ(rb.code, 0) << rb.err;
+  auto ja = nlohmann::json::parse(ra.out), jb = nlohmann::json::parse(rb.out);
+  EXPECT_EQ(ja["files"].get<int>() + jb["files"].get<int>(), 4) << "each file written once: " << ra.out << rb.out;
+  EXPECT_EQ(ja["skipped"].get<int>() + jb["skipped"].get<int>(), 4);
+  EXPECT_GE(ja["lock_waits"].get<int>() + jb["lock_waits"].get<int>(), 1);
+  EXPECT_TRUE(CheckFolder(dest).empty());
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cancel.h"
 #include "cli.h"
 #include "coldstart/core/hash.h"
 #include "torch_plugin.h"
@@ -22,6 +23,7 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device);
 
 
 int RunLoad(const LoadArgs& args) {
+  InstallCancelSignals();  // before any thread starts (the plugin's loader below is one)
   const auto t0 = std::chrono::steady_clock::now();
   auto device = loader::ParseDevice(args.device);
   if (!device.ok()) return ReportError(device.error());
@@ -37,11 +39,12 @@ int RunLoad(const LoadArgs& args) {
   ProgressPrinter bar(*mode, "load");
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
-    return true;
+    return !CancelRequested();
   };
   Result<std::shared_ptr<loader::HostModel>> host = MakeError(Errc::kInternal, "unset");
   loader::RemoteLoadStats remote_stats;
   auto opened = OpenModel(args.source, args.remote);
+  if (CancelRequested()) return ReportCancelled("load");
   if (!opened.ok()) return ReportError(opened.error());
   const double plan_seconds = SecondsSince(t0);
   const bool remote = opened->remote.has_value();
@@ -50,6 +53,7 @@ int RunLoad(const LoadArgs& args) {
   else
     host = loader::LoadToHost(std::move(opened->local), *opts);
   bar.Finish();
+  if (CancelRequested()) return ReportCancelled("load");
   if (!host.ok()) return ReportError(host.error());
   std::shared_ptr<const loader::HostModel> model = std::move(host).value();
   TorchTensors torch;
@@ -84,6 +88,7 @@ int RunLoad(const LoadArgs& args) {
     digests = std::move(d).value();
     digest_seconds = SecondsSince(d0);
   }
+  if (CancelRequested()) return ReportCancelled("load");
   const double bytes = static_cast<double>(st.bytes);
   if (args.json) {
     nlohmann::ordered_json j;

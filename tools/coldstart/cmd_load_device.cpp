@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cancel.h"
 #include "cli.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/loader/device_loader.h"
@@ -68,15 +69,17 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   ProgressPrinter bar(*mode, "load " + device.ToString());
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
-    return true;
+    return !CancelRequested();  // RunLoad installed the signal thread
   };
   std::atomic<std::uint64_t> ready{0};
   opts->on_ready = [&ready](const loader::DeviceTensor&) { ready.fetch_add(1); };
   auto opened = OpenModel(args.source, args.remote);
+  if (CancelRequested()) return ReportCancelled("load " + device.ToString());
   if (!opened.ok()) return ReportError(opened.error());
   auto model = opened->remote ? loader::LoadRemoteToDevice(std::move(*opened->remote), *opts)
                               : loader::LoadLocalToDevice(std::move(opened->local), *opts);
   bar.Finish();
+  if (CancelRequested()) return ReportCancelled("load " + device.ToString());
   if (!model.ok()) return ReportError(model.error());
   const auto& m = **model;
   const auto& s = m.stats();
@@ -94,6 +97,7 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
     if (!d.ok()) return ReportError(d.error());
     digests = std::move(d).value();
   }
+  if (CancelRequested()) return ReportCancelled("load " + device.ToString());
   auto rate = [](double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0.0; };
   if (args.json) {
     nlohmann::ordered_json j;

@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cancel.h"
 #include "cli.h"
 #include "coldstart/loader/prefetch.h"
 #include "commands.h"
@@ -9,6 +10,7 @@
 namespace coldstart::cli {
 
 int RunPrefetch(const PrefetchArgs& args) {
+  InstallCancelSignals();  // before any thread starts
   const auto t0 = std::chrono::steady_clock::now();
   auto source = fetch::ParseSource(args.source);
   if (!source.ok()) return ReportError(source.error());
@@ -26,10 +28,16 @@ int RunPrefetch(const PrefetchArgs& args) {
   ProgressPrinter bar(*mode, "prefetch");
   o.progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
-    return true;
+    return !CancelRequested();
+  };
+  o.cancelled = [] { return CancelRequested(); };
+  o.on_lock_wait = [&bar](const std::string& path) {
+    bar.Finish();
+    std::fprintf(stderr, "coldstart: waiting for another process writing %s\n", path.c_str());
   };
   auto r = loader::Prefetch(**session, args.dest, o);
   bar.Finish();
+  if (CancelRequested()) return ReportCancelled(r.ok() ? "prefetch had finished" : r.error().message);
   if (!r.ok()) return ReportError(r.error());
   const double secs = SecondsSince(t0);
   const double rate = secs > 0 ? static_cast<double>(r->bytes) / secs : 0;
@@ -45,16 +53,22 @@ int RunPrefetch(const PrefetchArgs& args) {
                              {"first_byte_seconds", r->fetch.first_byte_seconds},
                              {"requests", r->fetch.requests},
                              {"retries", r->fetch.retries},
-                             {"resumed_bytes", r->fetch.resumed_bytes},
+                             {"resumed_bytes", r->resumed_bytes},
+                             {"resumed_files", r->resumed_files},
+                             {"retry_resumed_bytes", r->fetch.resumed_bytes},
+                             {"lock_waits", r->lock_waits},
+                             {"stale_removed", r->stale_removed},
                              {"verified_crc32c", r->verified_crc32c},
                              {"verified_md5", r->verified_md5},
                              {"unverified", r->unverified},
                              {"concurrency", (*session)->options().fetch.concurrency}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("prefetched %u file%s (%s) to %s in %.2f s: %s; %u already present; %llu retries; %u verified by CRC32C%s\n",
+    std::string resumed =
+        r->resumed_bytes ? "; " + FormatBytes(static_cast<double>(r->resumed_bytes)) + " resumed from an earlier run" : "";
+    std::printf("prefetched %u file%s (%s) to %s in %.2f s: %s; %u already present%s; %llu retries; %u verified by CRC32C%s\n",
                 r->files, r->files == 1 ? "" : "s", FormatBytes(static_cast<double>(r->bytes)).c_str(), args.dest.c_str(),
-                secs, FormatRate(rate).c_str(), r->skipped, static_cast<unsigned long long>(r->fetch.retries),
+                secs, FormatRate(rate).c_str(), r->skipped, resumed.c_str(), static_cast<unsigned long long>(r->fetch.retries),
                 r->verified_crc32c, r->unverified ? (", " + std::to_string(r->unverified) + " had no checksum").c_str() : "");
   }
   return 0;

@@ -1,7 +1,10 @@
 // `coldstart prefetch`: copy a remote model folder to local disk as fast as the network
-// allows. Each file is written under a temporary name and renamed only once complete and
-// verified (CRC32C, or MD5 where the server has no CRC32C); files already present with the
-// same size and checksum are skipped, so a re-run resumes.
+// allows. Each file is written through a cache::PartialFile: under a unique temporary name, with
+// a lock per file (a second prefetch into the same folder waits for it, then skips it), read back
+// and verified on disk (CRC32C, or MD5 where the server has no CRC32C), a `.safetensors` file's
+// header checked, and only then renamed. Files already present with the same size and checksum
+// are skipped; an interrupted file resumes from its verified ranges (the partial and its resume
+// record stay when the object can be identified), so a re-run fetches only what is missing.
 #pragma once
 
 #include <cstdint>
@@ -9,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "coldstart/fetch/remote.h"
 #include "coldstart/core/result.h"
+#include "coldstart/fetch/remote.h"
 
 namespace coldstart::loader {
 
@@ -25,7 +28,13 @@ struct PrefetchOptions {
   // a 1 GiB prefetch here. Bytes go from curl's buffer to the page cache: no staging memory,
   // so peak RSS does not depend on the model's size.
   bool fsync = false;
+  // About every 100 ms with bytes fetched so far (this run); false cancels (Errc::kCancelled).
   std::function<bool(std::uint64_t done, std::uint64_t total)> progress;
+  // Polled outside the fetch (skip checks, waits for another process's lock); true cancels.
+  std::function<bool()> cancelled;
+  // Another process holds the lock of this file: we wait for it (then skip the file if it
+  // finished it).
+  std::function<void(const std::string& path)> on_lock_wait;
   Status ApplyEnv(const Env& env);
 };
 
@@ -34,6 +43,10 @@ struct PrefetchReport {
   unsigned skipped = 0;         // already present and verified
   std::uint64_t bytes = 0;      // downloaded bytes
   std::uint64_t skipped_bytes = 0;
+  std::uint64_t resumed_bytes = 0;  // verified bytes kept from an interrupted earlier run
+  unsigned resumed_files = 0;
+  unsigned lock_waits = 0;          // files another process was writing when we asked
+  unsigned stale_removed = 0;       // leftovers of objects no longer in the source
   unsigned verified_crc32c = 0, verified_md5 = 0, unverified = 0;
   double seconds = 0;
   fetch::FetchStats fetch;

@@ -1,0 +1,24 @@
+// Ctrl-C and SIGTERM for long subcommands (prefetch, load): the first one asks the running
+// operation to stop (progress callbacks return false, waits end) so it can clean up and say so in
+// one line; a second one exits at once.
+//
+// How: SIGINT and SIGTERM are blocked in every thread and a thread of their own takes them with
+// sigwait(), so no system call anywhere is interrupted (EINTR) and nothing runs in a signal
+// handler. A signal the process inherited as ignored (nohup, `cmd &` without job control) stays
+// ignored, as POSIX programs do.
+#pragma once
+
+#include <string_view>
+
+namespace coldstart::cli {
+
+// Call before the subcommand starts any thread (threads inherit the signal mask). Idempotent.
+void InstallCancelSignals();
+// The signal that asked to stop (SIGINT, SIGTERM), or 0.
+int CancelSignal();
+inline bool CancelRequested() { return CancelSignal() != 0; }
+// Prints "coldstart: cancelled by SIGINT[ (detail)]" on stderr; returns 128 + the signal
+// (130 for SIGINT, 143 for SIGTERM).
+int ReportCancelled(std::string_view detail = {});
+
+}  // namespace coldstart::cli
