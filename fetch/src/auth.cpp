@@ -17,6 +17,7 @@
 #include <optional>
 
 #include "coldstart/core/crc32c.h"  // Base64UrlEncode
+#include "coldstart/fetch/gcs_json.h"
 #include "coldstart/fetch/url.h"
 
 #include "handles.h"
@@ -113,38 +114,20 @@ struct Token {
   double expires_in_s = 3600;
 };
 
-// {"access_token": "...", "expires_in": 3599, "token_type": "Bearer"}, the format of both
-// the OAuth token endpoint and the metadata server. Never echoes the body: it holds the token.
-Result<Token> ParseTokenResponse(HttpResponse& resp, const std::string& what) {
+// The OAuth token endpoint's and the metadata server's answer (gcs_json.h parses the body).
+// Never echoes the body: it holds the token.
+Result<Token> TokenFromResponse(HttpResponse& resp, const std::string& what) {
   if (resp.status != 200) {
     Error e = HttpError(resp.status, what, resp.body);
     Wipe(resp.body);
     return e;
   }
-  auto j = json::parse(resp.body, nullptr, /*allow_exceptions=*/false);
+  auto parsed = ParseTokenResponse(resp.body, what);
   Wipe(resp.body);
-  auto bad = [&](std::string why) { return MakeError(Errc::kFormat, what + ": token response " + why); };
-  if (j.is_discarded() || !j.is_object()) return bad("is not a JSON object");
-  auto tok = j.find("access_token");
-  if (tok == j.end() || !tok->is_string()) return bad("has no access_token");
+  if (!parsed.ok()) return std::move(parsed).error();
   Token t;
-  t.access_token = tok->get<std::string>();
-  Wipe(tok->get_ref<std::string&>());
-  if (!ValidTokenChars(t.access_token)) {
-    Wipe(t.access_token);
-    return bad("has an empty or malformed access_token");
-  }
-  auto type = j.find("token_type");
-  if (type != j.end() && type->is_string()) {
-    std::string tt = type->get<std::string>();
-    for (char& c : tt) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (tt != "bearer") return bad("has token_type '" + type->get<std::string>() + "', not Bearer");
-  }
-  auto exp = j.find("expires_in");
-  if (exp != j.end()) {
-    if (!exp->is_number() || exp->get<double>() < 0) return bad("has a malformed expires_in");
-    t.expires_in_s = exp->get<double>();
-  }
+  t.access_token = std::move(parsed->access_token);
+  t.expires_in_s = parsed->expires_in_s;
   return t;
 }
 
@@ -239,7 +222,7 @@ class ServiceAccountCredentials final : public RefreshingCredentials {
     auto resp = http.Send(req);
     Wipe(req.body);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, what);
+    return TokenFromResponse(*resp, what);
   }
 
   Result<std::string> MakeAssertion() const {
@@ -293,7 +276,7 @@ class AuthorizedUserCredentials final : public RefreshingCredentials {
     auto resp = http.Send(req);
     Wipe(req.body);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, "token request to " + RedactUrl(token_uri_));
+    return TokenFromResponse(*resp, "token request to " + RedactUrl(token_uri_));
   }
 
   std::string client_id_;
@@ -317,7 +300,7 @@ class MetadataServerCredentials final : public RefreshingCredentials {
     req.headers = {"Metadata-Flavor: Google"};
     auto resp = http.Send(req);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, "GET " + RedactUrl(req.url));
+    return TokenFromResponse(*resp, "GET " + RedactUrl(req.url));
   }
 
   std::string host_;

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
+#include "coldstart/fetch/content_range.h"
 #include "coldstart/fetch/http.h"
 
 #include "handles.h"
@@ -107,28 +108,45 @@ std::size_t OnHeader(char* data, std::size_t size, std::size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   std::string_view line(data, size * n);
   if (line.substr(0, 5) == "HTTP/") {
-    // A new response (after a redirect or 100 Continue): forget the last one.
+    // A new response (after a redirect or 100 Continue): forget the last one, its body too.
     t->status = 0;
     t->have_start = false;
+    t->error_body.clear();
+    t->seen_generation = 0;
     auto sp = line.find(' ');
-    if (sp != std::string_view::npos) t->status = std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
+    if (sp != std::string_view::npos && line.size() >= sp + 4) {
+      const auto code = line.substr(sp + 1, 3);
+      if (std::all_of(code.begin(), code.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        t->status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+    }
     if (t->status == 200) {
       t->have_start = true;
       t->stream_pos = 0;
     }
-  } else if (IEqualsPrefix(line, "content-range:")) {
-    // "Content-Range: bytes 100-199/1000"
-    std::string v = Trim(std::string(line.substr(14)));
-    if (v.rfind("bytes ", 0) == 0) {
-      char* end = nullptr;
-      unsigned long long start = std::strtoull(v.c_str() + 6, &end, 10);
-      if (end != v.c_str() + 6 && *end == '-') {
-        t->have_start = true;
-        t->stream_pos = start;
-      }
+  } else if (t->status >= 200 && t->status < 300 && IEqualsPrefix(line, "content-range:")) {
+    // "Content-Range: bytes 100-199/1000"; a value we cannot read places nothing.
+    auto cr = ParseContentRange(line.substr(14));
+    const auto& obj = t->object();
+    if (!cr || cr->unsatisfied) {
+      t->fatal = MakeError(Errc::kFormat, obj.display + ": malformed Content-Range '" +
+                                              Trim(std::string(line.substr(14, 80))) + "'");
+      return 0;
     }
-  } else if (IEqualsPrefix(line, "x-goog-generation:")) {
-    t->seen_generation = std::strtoll(Trim(std::string(line.substr(18))).c_str(), nullptr, 10);
+    if (cr->size && *cr->size != obj.size) {
+      t->fatal = MakeError(Errc::kIntegrity, obj.display + ": server says the object is " + std::to_string(*cr->size) +
+                                                 " bytes, listed as " + std::to_string(obj.size) + " (changed?)");
+      return 0;
+    }
+    t->have_start = true;
+    t->stream_pos = cr->first;
+  } else if (t->status >= 200 && t->status < 300 && IEqualsPrefix(line, "x-goog-generation:")) {
+    auto g = ParseGeneration(line.substr(18));
+    if (!g) {
+      t->fatal = MakeError(Errc::kFormat, t->object().display + ": malformed x-goog-generation '" +
+                                              Trim(std::string(line.substr(18, 40))) + "'");
+      return 0;
+    }
+    t->seen_generation = *g;
   }
   return size * n;
 }
