@@ -4,6 +4,9 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -35,10 +38,50 @@ using detail::SlistPtr;
 using Clock = std::chrono::steady_clock;
 
 
+// What the fetch threads learn about one object, shared by them (ranges of one object run on
+// several threads).
+struct ObjectState {
+  std::mutex mu;
+  // INVARIANT (mu): where the object's media URL redirects to, learnt from the first ranged GET
+  // that followed a redirect and succeeded; later ranges go there directly (a CDN's signed
+  // URL), skipping a round trip to the origin. Empty = not redirected (or forgotten after the
+  // cached URL failed). cross_origin: it is another scheme/host/port, so no credentials go there.
+  std::string effective_url;
+  bool cross_origin = false;
+};
+
+// scheme://host:port of a URL, lower-case, without userinfo: what curl compares before it sends
+// credentials to a redirect's target.
+std::string Origin(std::string_view url) {
+  auto sep = url.find("://");
+  if (sep == std::string_view::npos) return {};
+  std::string scheme(url.substr(0, sep));
+  std::string_view rest = url.substr(sep + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) rest.remove_prefix(at + 1);
+  std::string out = scheme + "://" + std::string(rest);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto bracket = rest.rfind(']');  // IPv6 literal: a port colon comes after it
+  const bool has_port = rest.find(':', bracket == std::string_view::npos ? 0 : bracket) != std::string_view::npos;
+  if (!has_port) out += scheme == "https" ? ":443" : ":80";
+  return out;
+}
+
+bool IsCredentialHeader(std::string_view h) {
+  auto lower_starts = [&](std::string_view p) {
+    if (h.size() < p.size()) return false;
+    for (std::size_t i = 0; i < p.size(); ++i)
+      if (std::tolower(static_cast<unsigned char>(h[i])) != p[i]) return false;
+    return true;
+  };
+  return lower_starts("authorization:") || lower_starts("cookie:");
+}
+
 // Shared by the fetch threads of one Fetch() call.
 struct Job {
   std::span<const RemoteObject> objects;
   std::span<const FetchRange> ranges;
+  std::unique_ptr<ObjectState[]> object_state;  // one per object
   const FetchCallbacks* cb;
   const FetchOptions* opt;
   RetryPolicy policy;
@@ -81,6 +124,8 @@ struct Transfer {
   std::uint64_t stream_pos = 0;  // object offset of the next byte the server sends
   bool complete_early = false; // we stopped the transfer after our last byte
   std::string error_body;      // first bytes of a non-2xx body, for the message
+  bool via_effective_url = false;  // this attempt went to the object's cached redirect target
+  bool bypass_effective_url = false;  // the cached target failed this range once: use the origin
   std::optional<Error> fatal;  // detected in a callback (generation change, gap)
   bool fatal_is_sink = false;  // the sink failed (disk full...): never retried
   std::int64_t seen_generation = 0;
@@ -228,11 +273,26 @@ Status Prepare(Transfer* t, CURLM* multi) {
   }
   CURL* e = t->easy.get();
   const FetchRange& r = t->range();
+  // The object's redirect target when one is known, else its URL (curl follows redirects).
+  std::string url = t->object().url;
+  bool cross_origin = false;
+  t->via_effective_url = false;
+  if (!t->bypass_effective_url) {
+    ObjectState& os = t->job->object_state[r.object];
+    std::lock_guard lk(os.mu);
+    if (!os.effective_url.empty()) {
+      url = os.effective_url;
+      cross_origin = os.cross_origin;
+      t->via_effective_url = true;
+    }
+  }
   curl_slist* h = nullptr;
   std::string range = "Range: bytes=" + std::to_string(r.offset + t->received) + "-" +
                       std::to_string(r.offset + r.length - 1);
   h = curl_slist_append(h, range.c_str());
-  if (t->job->cb->auth_header) {
+  // Going straight to another origin: send it no credentials, as curl does when it follows a
+  // redirect there itself (no CURLOPT_UNRESTRICTED_AUTH).
+  if (t->job->cb->auth_header && !cross_origin) {
     auto auth = t->job->cb->auth_header();
     if (!auth.ok()) {
       curl_slist_free_all(h);
@@ -240,7 +300,8 @@ Status Prepare(Transfer* t, CURLM* multi) {
     }
     if (!auth->empty()) h = curl_slist_append(h, auth->c_str());
   }
-  for (const auto& x : o.headers) h = curl_slist_append(h, x.c_str());
+  for (const auto& x : o.headers)
+    if (!cross_origin || !IsCredentialHeader(x)) h = curl_slist_append(h, x.c_str());
   t->headers.reset(h);
   t->status = 0;
   t->have_start = false;
@@ -250,7 +311,13 @@ Status Prepare(Transfer* t, CURLM* multi) {
   t->fatal.reset();
   t->fatal_is_sink = false;
   t->seen_generation = 0;
-  curl_easy_setopt(e, CURLOPT_URL, t->object().url.c_str());
+  curl_easy_setopt(e, CURLOPT_URL, url.c_str());  // curl copies it
+  // Downloads are often redirected to a CDN or a signed URL. curl drops Authorization (and
+  // Cookie) when a redirect changes host or port; 10 hops is plenty for any real server.
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(e, CURLOPT_USERAGENT, o.user_agent.empty() ? DefaultUserAgent().c_str() : o.user_agent.c_str());
@@ -261,14 +328,16 @@ Status Prepare(Transfer* t, CURLM* multi) {
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout_s * 1000));
-  // Stall detection: less than 1 byte/s for stall_timeout seconds aborts (and retries) the range.
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  // Stall detection: averaging less than stall_min_bytes_per_second over stall_timeout seconds
+  // aborts (and retries) the range; a trickle is as dead as silence.
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT,
+                   static_cast<long>(std::min<std::uint64_t>(o.retry.stall_min_bytes_per_second, 1ull << 30)));
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, std::max(1L, static_cast<long>(o.retry.stall_timeout_s)));
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   // HTTP/2: negotiated by ALPN over TLS; over cleartext (emulators, loopback benchmarks) only
   // with prior knowledge, since GCS-compatible servers do not offer h2c upgrades.
-  const bool cleartext = t->object().url.rfind("http://", 0) == 0;
+  const bool cleartext = url.rfind("http://", 0) == 0;
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    !o.http2 ? CURL_HTTP_VERSION_1_1
                             : (cleartext ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_2TLS));
@@ -288,6 +357,11 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
   // the last byte, a lost chunked terminator). Retrying would ask for an empty range.
   if (t->received == r.length && t->status >= 200 && t->status < 300) return std::nullopt;
   if (t->received == r.length && (res == CURLE_OK || t->complete_early)) return std::nullopt;
+  if (res == CURLE_TOO_MANY_REDIRECTS) {
+    Error e = MakeError(Errc::kNetwork, obj.display + ": more than 10 redirects");
+    e.curl_code = static_cast<int>(res);
+    return e;
+  }
   if (t->status >= 300 || (res == CURLE_OK && t->status < 200)) {
     Error e = HttpError(t->status, obj.display, t->error_body);
     if (t->status == 416)
@@ -300,12 +374,44 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
                                             " of " + std::to_string(r.length) + " bytes of the range");
     return e;
   }
+  std::string why = curl_easy_strerror(res);
+  if (res == CURLE_OPERATION_TIMEDOUT) {
+    // No total timeout is set: a timeout after connecting is the low-speed (stall) check.
+    curl_off_t connect_us = 0;
+    curl_easy_getinfo(t->easy.get(), CURLINFO_CONNECT_TIME_T, &connect_us);
+    const RetryOptions& ro = t->job->opt->retry;
+    char window[32];
+    std::snprintf(window, sizeof window, "%g s", std::max(1.0, std::floor(ro.stall_timeout_s)));
+    if (connect_us > 0)
+      why = "stalled: below " + FormatBytes(static_cast<double>(ro.stall_min_bytes_per_second)) + "/s for " + window;
+    else
+      why = "connection timed out";
+  }
   Error e = MakeError(res == CURLE_OPERATION_TIMEDOUT ? Errc::kTimeout : Errc::kNetwork,
-                      obj.display + ": " + curl_easy_strerror(res) +
-                          (res == CURLE_OPERATION_TIMEDOUT ? " (stalled: no bytes for a while)" : "") + " after " +
-                          std::to_string(t->received) + " of " + std::to_string(r.length) + " bytes of the range");
+                      obj.display + ": " + why + " after " + std::to_string(t->received) + " of " +
+                          std::to_string(r.length) + " bytes of the range");
   e.curl_code = static_cast<int>(res);
   return e;
+}
+
+// After a successful attempt that went to the object's own URL: if curl followed redirects,
+// later ranges of the object go to where they led.
+void RememberRedirect(Transfer* t) {
+  long redirects = 0;
+  char* effective = nullptr;
+  if (curl_easy_getinfo(t->easy.get(), CURLINFO_REDIRECT_COUNT, &redirects) != CURLE_OK || redirects <= 0) return;
+  if (curl_easy_getinfo(t->easy.get(), CURLINFO_EFFECTIVE_URL, &effective) != CURLE_OK || effective == nullptr) return;
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  os.effective_url = effective;
+  os.cross_origin = Origin(effective) != Origin(t->object().url);
+}
+
+void ForgetRedirect(Transfer* t) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  os.effective_url.clear();
+  os.cross_origin = false;
 }
 
 void Worker(Job* job, unsigned index, unsigned slots) {
@@ -390,6 +496,17 @@ void Worker(Job* job, unsigned index, unsigned slots) {
       std::unique_ptr<Transfer> t = std::move(*it);
       active.erase(it);
       auto err = Evaluate(t.get(), res);
+      if (!err && !t->via_effective_url) RememberRedirect(t.get());
+      if (err && t->via_effective_url && !t->fatal_is_sink) {
+        // The cached target stopped working (a signed URL expired, the CDN node went away):
+        // forget it and ask the origin again at once; only the origin's answer counts.
+        ForgetRedirect(t.get());
+        t->bypass_effective_url = true;
+        t->easy.reset();
+        t->retry_at = Clock::now();
+        waiting.push_front(std::move(t));
+        continue;
+      }
       if (!err) {
         if (auto st = job->cb->done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
         idle.push_back(std::move(t));  // keep the easy handle (and its connection)
@@ -468,6 +585,7 @@ Status RangeFetcher::Fetch(std::span<const RemoteObject> objects, std::span<cons
   Job job(options_.retry);
   job.objects = objects;
   job.ranges = ranges;
+  job.object_state = std::make_unique<ObjectState[]>(objects.size());
   job.cb = &callbacks;
   job.opt = &options_;
   job.start = Clock::now();

@@ -193,7 +193,6 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
   HttpRequest req;
   req.url = url;
   req.headers.push_back("Range: bytes=0-0");
-  req.follow_redirects = true;
   CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, RedactUrl(url)));
   RemoteFile f;
   f.name = name;
@@ -296,7 +295,6 @@ Result<std::string> RemoteSession::GetSmall(const RemoteFile& f, std::uint64_t m
                                         std::to_string(max_bytes) + " expected of it");
   HttpRequest req;
   req.url = f.object.url;
-  req.follow_redirects = source_.kind == SourceKind::kHttp;
   CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, f.object.display));
   return resp.body;
 }
