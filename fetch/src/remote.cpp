@@ -52,10 +52,12 @@ Result<std::shared_ptr<RemoteSession>> RemoteSession::Open(const Source& source,
     CS_ASSIGN_OR_RETURN(s->endpoint_, ResolveGcsEndpoint(options.endpoint, env));
     AuthOptions a = options.auth;
     a.emulator = a.emulator || s->endpoint_.emulator;
+    a.retry = options.retry;
     CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
   } else if (source.kind == SourceKind::kHttp) {
     // Plain URLs (signed URLs, hubs) carry their own authorisation; an explicit token is sent.
     AuthOptions a = options.auth;
+    a.retry = options.retry;
     if (a.access_token.empty()) a.anonymous = true;
     CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
   } else {
