@@ -26,6 +26,31 @@ constexpr const char* kSideFiles[] = {"config.json", "generation_config.json", "
 
 std::string ObjectDisplay(const Source& s, const std::string& object) { return "gs://" + s.bucket + "/" + object; }
 
+bool IsSafetensorsUrl(const std::string& url) {
+  const std::string path = url.substr(0, url.find_first_of("?#"));
+  return path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0;
+}
+
+// What names of an http(s) source resolve against: a .safetensors URL's own folder (JoinUrl
+// replaces its last segment), else the URL taken as a folder, with a '/' added when missing.
+std::string HttpFolderUrl(const std::string& url) {
+  if (IsSafetensorsUrl(url)) return url;
+  std::string path = url.substr(0, url.find_first_of("?#"));
+  if (path.empty() || path.back() != '/') path += '/';
+  return path;
+}
+
+// For 401/403: what to check. GCS: the identity and its role; a plain URL: the URL itself.
+std::string PermissionHint(const Source& source, const std::string& credentials, bool token_given) {
+  if (source.kind == SourceKind::kGcs)
+    return " (credentials used: " + credentials +
+           "; check that this identity can read the bucket: roles/storage.objectViewer)";
+  return std::string(" (the server refused this URL") +
+         (token_given ? " with the --access-token sent as a bearer token" : "") +
+         ": if it is a signed URL, it may have expired; if the server needs credentials, pass them "
+         "with --header 'Authorization: ...')";
+}
+
 }  // namespace
 
 Status RemoteOptions::ApplyEnv(const Env& env) {
@@ -85,16 +110,14 @@ Result<std::string> RemoteSession::AuthHeader() {
 
 Error RemoteSession::Annotate(Error e) const {
   if (e.http_status == 401 || e.http_status == 403)
-    e.message += " (credentials used: " + DescribeCredentials() +
-                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+    e.message += PermissionHint(source_, DescribeCredentials(), !options_.auth.access_token.empty());
   return e;
 }
 
 Error RemoteSession::DescribeHttpError(long status, const std::string& what, const std::string& body) {
   Error e = HttpError(status, what, body);
   if (status == 401 || status == 403)
-    e.message += " (credentials used: " + DescribeCredentials() +
-                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+    e.message += PermissionHint(source_, DescribeCredentials(), !options_.auth.access_token.empty());
   if (status == 404 && source_.kind == SourceKind::kGcs)
     e.message += " (check the bucket and object names)";
   return e;
@@ -240,13 +263,17 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
 }
 
 Result<std::vector<RemoteFile>> RemoteSession::ListHttp() {
-  const std::string& url = source_.url;
-  std::string path = url.substr(0, url.find('?'));
-  if (path.size() > 12 && path.substr(path.size() - 12) == ".safetensors") {
+  const std::string path = source_.url.substr(0, source_.url.find_first_of("?#"));
+  if (IsSafetensorsUrl(source_.url)) {
     std::string name = path.substr(path.rfind('/') + 1);
-    CS_ASSIGN_OR_RETURN(auto f, StatHttp(url, name));
+    CS_ASSIGN_OR_RETURN(auto f, StatHttp(source_.url, name));
     return std::vector<RemoteFile>{std::move(f)};
   }
+  // Anything else is a folder: "https://host/models/gemma" means ".../gemma/", not its parent
+  // (which JoinUrl would resolve names against). A query string of a folder URL names no file.
+  const std::string url = HttpFolderUrl(source_.url);
+  const std::string how = path.back() == '/' ? std::string() : " (read as the folder " + RedactUrl(url) +
+                                                                   " since it does not end in .safetensors)";
   std::vector<RemoteFile> out;
   std::set<std::string> names;
   auto index = StatHttp(JoinUrl(url, "model.safetensors.index.json"), "model.safetensors.index.json");
@@ -261,9 +288,24 @@ Result<std::vector<RemoteFile>> RemoteSession::ListHttp() {
     }
     out.push_back(std::move(index).value());
   } else if (index.error().code == Errc::kNotFound) {
-    names.insert("model.safetensors");
+    auto single = StatHttp(JoinUrl(url, "model.safetensors"), "model.safetensors");
+    if (single.ok()) out.push_back(std::move(single).value());
+    if (!single.ok() && single.error().code == Errc::kNotFound) {
+      if (path.back() != '/') {
+        // Neither file under it: maybe the URL is a file after all (config.json, a .bin).
+        auto self = StatHttp(source_.url, path.substr(path.rfind('/') + 1));
+        if (self.ok())
+          return MakeError(Errc::kInvalidArgument,
+                           RedactUrl(source_.url) + " is not a .safetensors file or a folder of them "
+                           "(give the folder URL, ending in '/', or a .safetensors file)");
+      }
+      return MakeError(Errc::kNotFound, RedactUrl(url) + ": no model.safetensors.index.json or model.safetensors in this folder" + how);
+    }
+    if (!single.ok()) return std::move(single).error();
   } else {
-    return std::move(index).error();
+    Error e = std::move(index).error();
+    e.message += how;
+    return e;
   }
   for (const auto& n : names) {
     CS_RETURN_IF_ERROR(CheckDestinationName(n));
@@ -288,7 +330,7 @@ Result<RemoteFile> RemoteSession::Stat(const std::string& name) {
     if (!prefix.empty() && prefix.back() != '/') prefix += '/';
     return StatGcsObject(prefix + name, name);
   }
-  return StatHttp(JoinUrl(source_.url, name), name);
+  return StatHttp(JoinUrl(HttpFolderUrl(source_.url), name), name);
 }
 
 Result<std::string> RemoteSession::GetSmall(const RemoteFile& f, std::uint64_t max_bytes) {

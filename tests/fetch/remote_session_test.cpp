@@ -5,6 +5,7 @@
 #include <atomic>
 #include <string>
 
+#include "coldstart/fetch/http.h"
 #include "coldstart/fetch/remote.h"
 #include "loopback_server.h"
 
@@ -67,6 +68,78 @@ TEST(RemoteSessionJson, MalformedListingIsOneFormatErrorNamingTheUrl) {
   ASSERT_FALSE(files.ok());
   EXPECT_EQ(files.error().code, Errc::kFormat) << files.error().message;
   EXPECT_NE(files.error().message.find("\"size\""), std::string::npos) << files.error().message;
+}
+
+// A plain URL that answers 403 talks about the URL (expired signature, --header), not about
+// GCS roles or --anonymous.
+TEST(RemoteSessionMessages, ForbiddenPlainUrlTalksAboutTheUrl) {
+  LoopbackServer loop;
+  loop.server().Get(R"(/.*)", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = 403;
+    res.set_content("<Error>Request has expired</Error>", "application/xml");
+  });
+  loop.Start();
+  auto s = Open(loop.url("/m/model.safetensors?X-Goog-Signature=abc"), FastOptions());
+  ASSERT_TRUE(s);
+  auto files = s->List();
+  ASSERT_FALSE(files.ok());
+  const std::string& m = files.error().message;
+  EXPECT_EQ(files.error().code, Errc::kPermissionDenied);
+  EXPECT_NE(m.find("signed URL"), std::string::npos) << m;
+  EXPECT_NE(m.find("--header 'Authorization: ...'"), std::string::npos) << m;
+  EXPECT_EQ(m.find("roles/storage"), std::string::npos) << m;
+  EXPECT_EQ(m.find("--anonymous"), std::string::npos) << m;
+  EXPECT_EQ(m.find("X-Goog-Signature"), std::string::npos) << m;
+  Error annotated = s->Annotate(HttpError(401, "GET x", ""));
+  EXPECT_NE(annotated.message.find("signed URL"), std::string::npos) << annotated.message;
+}
+
+// "https://host/models/gemma" is the folder gemma/, not its parent models/; a URL to a file
+// that is not .safetensors is an error naming it, never its parent folder's model.
+TEST(RemoteSessionFolders, FolderUrlWithoutSlashAndNonSafetensorsFile) {
+  LoopbackServer loop;
+  std::atomic<int> parent_hits{0};
+  loop.server().Get("/models/gemma/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(100, 'x'), "application/octet-stream");
+  });
+  loop.server().Get("/models/gemma/config.json", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content("{}", "application/json");
+  });
+  loop.server().Get("/models/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
+    ++parent_hits;
+    res.set_content(std::string(7, 'y'), "application/octet-stream");
+  });
+  loop.Start();
+  for (const std::string url : {loop.url("/models/gemma"), loop.url("/models/gemma/")}) {
+    auto s = Open(url, FastOptions());
+    ASSERT_TRUE(s);
+    auto files = s->List();
+    ASSERT_TRUE(files.ok()) << url << ": " << files.error().message;
+    ASSERT_EQ(files->size(), 2u) << url;
+    EXPECT_EQ((*files)[0].name, "model.safetensors");
+    EXPECT_EQ((*files)[0].object.size, 100u);
+    EXPECT_EQ((*files)[0].object.url, loop.url("/models/gemma/model.safetensors"));
+    EXPECT_EQ((*files)[1].name, "config.json");
+    auto st = s->Stat("config.json");
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_EQ(st->object.url, loop.url("/models/gemma/config.json"));
+  }
+  EXPECT_EQ(parent_hits.load(), 0);
+
+  auto cfg = Open(loop.url("/models/gemma/config.json"), FastOptions());
+  auto files = cfg->List();
+  ASSERT_FALSE(files.ok());
+  EXPECT_EQ(files.error().code, Errc::kInvalidArgument) << files.error().message;
+  EXPECT_NE(files.error().message.find(loop.url("/models/gemma/config.json") + " is not a .safetensors file or a folder"),
+            std::string::npos) << files.error().message;
+  EXPECT_EQ(parent_hits.load(), 0);
+
+  auto missing = Open(loop.url("/models/none"), FastOptions());
+  auto nf = missing->List();
+  ASSERT_FALSE(nf.ok());
+  EXPECT_EQ(nf.error().code, Errc::kNotFound);
+  EXPECT_NE(nf.error().message.find("read as the folder " + loop.url("/models/none/")), std::string::npos)
+      << nf.error().message;
 }
 
 }  // namespace
