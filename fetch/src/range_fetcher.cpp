@@ -48,6 +48,14 @@ struct ObjectState {
   // cached URL failed). cross_origin: it is another scheme/host/port, so no credentials go there.
   std::string effective_url;
   bool cross_origin = false;
+  // INVARIANT (mu): the server answered a Range that was not the whole object with a 200 and
+  // the whole body. Then one transfer at a time (`stream`) reads the body front to back and
+  // serves the object's later ranges from it: those picked while it runs wait in `pending`
+  // instead of each downloading the object again up to their end (218 full downloads of a
+  // shard for one device load, before).
+  bool ignores_range = false;
+  struct Transfer* stream = nullptr;
+  std::vector<std::size_t> pending;  // range indices, any order
 };
 
 // scheme://host:port of a URL, lower-case, without userinfo: what curl compares before it sends
@@ -126,6 +134,8 @@ struct Transfer {
   std::string error_body;      // first bytes of a non-2xx body, for the message
   bool via_effective_url = false;  // this attempt went to the object's cached redirect target
   bool bypass_effective_url = false;  // the cached target failed this range once: use the origin
+  bool is_stream = false;      // the object's whole-body stream (ObjectState::stream == this)
+  bool stream_checked = false; // this response was looked at for an ignored Range
   std::optional<Error> fatal;  // detected in a callback (generation change, gap)
   bool fatal_is_sink = false;  // the sink failed (disk full...): never retried
   std::int64_t seen_generation = 0;
@@ -158,6 +168,7 @@ std::size_t OnHeader(char* data, std::size_t size, std::size_t n, void* user) {
     t->have_start = false;
     t->error_body.clear();
     t->seen_generation = 0;
+    t->stream_checked = false;
     auto sp = line.find(' ');
     if (sp != std::string_view::npos && line.size() >= sp + 4) {
       const auto code = line.substr(sp + 1, 3);
@@ -196,6 +207,99 @@ std::size_t OnHeader(char* data, std::size_t size, std::size_t n, void* user) {
   return size * n;
 }
 
+// "host[:port]" of a URL, for messages.
+std::string HostOf(std::string_view url) {
+  auto sep = url.find("://");
+  std::string_view rest = sep == std::string_view::npos ? url : url.substr(sep + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) rest.remove_prefix(at + 1);
+  return std::string(rest);
+}
+
+// A 200 with the whole body answered a Range that was not the whole object: the server ignores
+// Range. Said once per object; the first such transfer becomes the object's stream unless one
+// is running.
+void NoticeIgnoredRange(Transfer* t) {
+  Job* job = t->job;
+  const auto& obj = t->object();
+  ObjectState& os = job->object_state[t->range().object];
+  bool warn = false;
+  {
+    std::lock_guard lk(os.mu);
+    warn = !os.ignores_range;
+    os.ignores_range = true;
+    if (os.stream == nullptr) {
+      os.stream = t;
+      t->is_stream = true;
+    }
+  }
+  if (!warn) return;
+  std::string msg = HostOf(obj.url) + " ignores Range requests; downloading " + obj.display + " as one stream";
+  if (job->cb->warning) job->cb->warning(msg);
+  else std::fprintf(stderr, "coldstart: warning: %s\n", msg.c_str());
+}
+
+// The stream `t` finished its range: hands it to `done` and moves on to the waiting range that
+// starts first at or after the stream's position. false = none waits there (the stream ends).
+Result<bool> NextStreamRange(Transfer* t) {
+  Job* job = t->job;
+  ObjectState& os = job->object_state[t->range().object];
+  std::size_t next = 0;
+  {
+    std::lock_guard lk(os.mu);
+    auto best = os.pending.end();
+    for (auto it = os.pending.begin(); it != os.pending.end(); ++it) {
+      const std::uint64_t o = job->ranges[*it].offset;
+      if (o >= t->stream_pos && (best == os.pending.end() || o < job->ranges[*best].offset)) best = it;
+    }
+    if (best == os.pending.end()) return false;
+    next = *best;
+    os.pending.erase(best);
+  }
+  CS_RETURN_IF_ERROR(job->cb->done(t->index, t->dest, t->crc));
+  t->index = next;
+  t->received = 0;
+  t->crc = 0;
+  t->failed = 0;
+  t->first_attempt = Clock::now();
+  t->dest = job->cb->acquire ? job->cb->acquire(next) : nullptr;
+  if (t->dest == nullptr && !job->cb->sink)
+    return MakeError(Errc::kCancelled, "fetch cancelled: no destination for a range");
+  return true;
+}
+
+// Range i waits for its object's running stream instead of a GET of its own, if there is one;
+// if the object is known to ignore Range and none runs, `t` becomes its stream.
+bool QueueOnStream(Job* job, std::size_t i) {
+  ObjectState& os = job->object_state[job->ranges[i].object];
+  std::lock_guard lk(os.mu);
+  if (os.stream == nullptr) return false;
+  os.pending.push_back(i);
+  return true;
+}
+
+void ClaimStreamIfIgnored(Transfer* t) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  if (os.ignores_range && os.stream == nullptr) {
+    os.stream = t;
+    t->is_stream = true;
+  }
+}
+
+// The stream ended (its last range is done): ranges still waiting get transfers of their own
+// (one of which becomes the next stream).
+void ReleaseStream(Transfer* t, std::deque<std::size_t>* orphans) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  if (os.stream == t) os.stream = nullptr;
+  t->is_stream = false;
+  std::sort(os.pending.begin(), os.pending.end(),
+            [&](std::size_t a, std::size_t b) { return t->job->ranges[a].offset < t->job->ranges[b].offset; });
+  orphans->insert(orphans->end(), os.pending.begin(), os.pending.end());
+  os.pending.clear();
+}
+
 std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   const std::size_t len = size * n;
@@ -218,42 +322,63 @@ std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
   Job* job = t->job;
   if (!job->first_byte_seen.exchange(true))
     job->first_byte_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - job->start).count();
-  const FetchRange& r = t->range();
-  const std::uint64_t want = r.offset + t->received;
-  const std::uint64_t end = r.offset + r.length;
-  std::uint64_t pos = t->stream_pos;
-  t->stream_pos += len;
-  if (pos > want) {
-    // The server skipped bytes we still need: never fill the hole with later bytes.
-    t->fatal = MakeError(Errc::kNetwork, obj.display + ": server sent bytes from " + std::to_string(pos) +
-                                             " but byte " + std::to_string(want) + " was next");
-    return 0;
+  if (t->status == 200 && !t->stream_checked) {
+    t->stream_checked = true;
+    if (t->range().offset != 0 || t->range().length != obj.size) NoticeIgnoredRange(t);
   }
-  std::uint64_t skip = want - pos;  // bytes before what we want (e.g. a 200 with the whole object)
-  if (skip >= len) {
-    job->discarded.fetch_add(len, std::memory_order_relaxed);
-    return len;
-  }
-  std::uint64_t take = std::min<std::uint64_t>(len - skip, end - want);
-  if (job->cb->sink) {
-    auto st = job->cb->sink(t->index, t->received, reinterpret_cast<const std::byte*>(data + skip), take);
-    if (!st.ok()) {
-      t->fatal = std::move(st).error();
-      t->fatal_is_sink = true;
+  std::size_t off = 0;  // bytes of `data` consumed
+  while (off < len) {
+    const FetchRange& r = t->range();
+    const std::uint64_t want = r.offset + t->received;
+    const std::uint64_t end = r.offset + r.length;
+    const std::uint64_t pos = t->stream_pos;
+    if (pos > want) {
+      // The server skipped bytes we still need: never fill the hole with later bytes.
+      t->fatal = MakeError(Errc::kNetwork, obj.display + ": server sent bytes from " + std::to_string(pos) +
+                                               " but byte " + std::to_string(want) + " was next");
       return 0;
     }
-  } else {
-    std::memcpy(t->dest + t->received, data + skip, take);
-  }
-  t->crc = Crc32cExtend(t->crc, data + skip, take);
-  t->received += take;
-  job->bytes.fetch_add(take, std::memory_order_relaxed);
-  if (skip + take < len) job->discarded.fetch_add(len - take, std::memory_order_relaxed);
-  else if (skip > 0) job->discarded.fetch_add(skip, std::memory_order_relaxed);
-  if (skip + take < len || (t->received == r.length && t->stream_pos < obj.size && t->status == 200)) {
-    // We have our range and the server would send more: stop this transfer here.
-    t->complete_early = true;
-    return 0;
+    const std::uint64_t left = len - off;
+    const std::uint64_t skip = want - pos;  // bytes before what we want (e.g. a 200 with the whole object)
+    if (skip >= left) {
+      job->discarded.fetch_add(left, std::memory_order_relaxed);
+      t->stream_pos += left;
+      return len;
+    }
+    const char* p = data + off + skip;
+    const std::uint64_t take = std::min<std::uint64_t>(left - skip, end - want);
+    if (job->cb->sink) {
+      auto st = job->cb->sink(t->index, t->received, reinterpret_cast<const std::byte*>(p), take);
+      if (!st.ok()) {
+        t->fatal = std::move(st).error();
+        t->fatal_is_sink = true;
+        return 0;
+      }
+    } else {
+      std::memcpy(t->dest + t->received, p, take);
+    }
+    t->crc = Crc32cExtend(t->crc, p, take);
+    t->received += take;
+    t->stream_pos += skip + take;
+    off += skip + take;
+    job->bytes.fetch_add(take, std::memory_order_relaxed);
+    if (skip > 0) job->discarded.fetch_add(skip, std::memory_order_relaxed);
+    if (t->received < r.length) continue;
+    if (t->is_stream) {
+      auto next = NextStreamRange(t);
+      if (!next.ok()) {
+        t->fatal = std::move(next).error();
+        t->fatal_is_sink = true;  // a callback failed: not the network's fault
+        return 0;
+      }
+      if (*next) continue;  // serving the next waiting range from the same body
+    }
+    if (off < len || (t->stream_pos < obj.size && t->status == 200)) {
+      // We have our range and the server would send more: stop this transfer here.
+      job->discarded.fetch_add(len - off, std::memory_order_relaxed);
+      t->complete_early = true;
+      return 0;
+    }
   }
   return len;
 }
@@ -421,6 +546,7 @@ void Worker(Job* job, unsigned index, unsigned slots) {
   std::vector<std::unique_ptr<Transfer>> idle;   // easy handles kept for connection reuse
   std::vector<std::unique_ptr<Transfer>> active;
   std::deque<std::unique_ptr<Transfer>> waiting; // backing off before a retry
+  std::deque<std::size_t> orphans;               // ranges left waiting by a stream that ended
   auto finish = [&] {
     for (auto& t : active) curl_multi_remove_handle(multi.get(), t->easy.get());
     active.clear();
@@ -456,8 +582,16 @@ void Worker(Job* job, unsigned index, unsigned slots) {
     // Ranges waiting to retry keep their destination, so they count against the slots: the
     // number of destinations held never exceeds the concurrency (prefetch's buffer pool).
     while (active.size() + waiting.size() < slots && !job->stop) {
-      std::size_t i = job->next.fetch_add(1);
-      if (i >= job->ranges.size()) break;
+      std::size_t i = 0;
+      if (!orphans.empty()) {
+        i = orphans.front();
+        orphans.pop_front();
+      } else {
+        i = job->next.fetch_add(1);
+        if (i >= job->ranges.size()) break;
+      }
+      // A range of an object whose server ignores Range waits for that object's stream.
+      if (job->ranges[i].length > 0 && QueueOnStream(job, i)) continue;
       auto t = std::make_unique<Transfer>();
       t->job = job;
       t->index = i;
@@ -471,10 +605,11 @@ void Worker(Job* job, unsigned index, unsigned slots) {
         if (auto st = job->cb->done(i, t->dest, 0); !st.ok()) job->Fail(std::move(st).error());
         continue;
       }
+      ClaimStreamIfIgnored(t.get());
       if (!start(std::move(t))) break;
     }
     if (job->stop) break;
-    if (active.empty() && waiting.empty()) break;
+    if (active.empty() && waiting.empty() && orphans.empty()) break;
     int running = 0;
     curl_multi_perform(multi.get(), &running);
     int timeout_ms = 100;
@@ -509,6 +644,7 @@ void Worker(Job* job, unsigned index, unsigned slots) {
       }
       if (!err) {
         if (auto st = job->cb->done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
+        if (t->is_stream) ReleaseStream(t.get(), &orphans);
         idle.push_back(std::move(t));  // keep the easy handle (and its connection)
         continue;
       }

@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -167,6 +169,76 @@ TEST(RangeFetcherStall, MinimumRateComesFromTheEnvironment) {
   EXPECT_EQ(o.stall_min_bytes_per_second, 1u << 20);
   EXPECT_FALSE(o.ApplyEnv(Env::FromMap({{"COLDSTART_STALL_MIN_RATE", "0"}})).ok());
   EXPECT_FALSE(o.ApplyEnv(Env::FromMap({{"COLDSTART_STALL_MIN_RATE", "fast"}})).ok());
+}
+
+// A server that ignores Range: each ranged GET used to download the object again up to its
+// range's end (one GET per range). Now the object is read as one stream after the first 200:
+// GETs stay near the concurrency, not the number of ranges, bytes and CRCs are right in both
+// callback styles, and the warning is given once per object.
+TEST(RangeFetcherIgnoredRange, OneStreamPerObject) {
+  const std::string a = RandomBody(3 << 20, 11), b = RandomBody((1 << 20) + 12345, 12);
+  LoopbackServer loop;
+  std::atomic<int> gets{0};
+  for (auto [path, body] : {std::pair<std::string, const std::string*>{"/a", &a}, {"/b", &b}}) {
+    loop.server().Get(path, [&gets, body](const httplib::Request& req, httplib::Response& res) {
+      ++gets;
+      const_cast<httplib::Request&>(req).ranges.clear();
+      res.set_content(*body, "application/octet-stream");
+    });
+  }
+  loop.Start();
+  std::vector<RemoteObject> objs = {{"obj-a", loop.url("/a"), a.size(), 0}, {"obj-b", loop.url("/b"), b.size(), 0}};
+  FetchOptions fo;
+  fo.chunk_bytes = 64 << 10;  // 48 + 17 ranges
+  fo.concurrency = 4;
+  fo.threads = 2;
+  auto ranges = ChunkObjects(objs, fo.chunk_bytes);
+  ASSERT_EQ(ranges.size(), 65u);
+  for (bool use_sink : {false, true}) {
+    gets = 0;
+    std::vector<std::string> out = {std::string(a.size(), '\0'), std::string(b.size(), '\0')};
+    std::vector<std::uint32_t> crcs(ranges.size());
+    std::vector<int> done_count(ranges.size());
+    std::vector<std::string> warnings;
+    std::mutex mu;
+    FetchCallbacks cb;
+    if (use_sink) {
+      cb.sink = [&](std::size_t i, std::uint64_t off, const std::byte* d, std::size_t n) {
+        std::memcpy(out[ranges[i].object].data() + ranges[i].offset + off, d, n);
+        return OkStatus();
+      };
+    } else {
+      cb.acquire = [&](std::size_t i) { return reinterpret_cast<std::byte*>(out[ranges[i].object].data() + ranges[i].offset); };
+    }
+    cb.done = [&](std::size_t i, std::byte*, std::uint32_t crc) {
+      std::lock_guard lk(mu);
+      crcs[i] = crc;
+      ++done_count[i];
+      return OkStatus();
+    };
+    cb.warning = [&](const std::string& m) {
+      std::lock_guard lk(mu);
+      warnings.push_back(m);
+    };
+    FetchStats st;
+    auto s = RangeFetcher(fo).Fetch(objs, ranges, cb, &st);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_TRUE(out[0] == a);
+    EXPECT_TRUE(out[1] == b);
+    for (std::size_t i = 0; i < ranges.size(); ++i) {
+      EXPECT_EQ(done_count[i], 1) << i;
+      const std::string& body = ranges[i].object == 0 ? a : b;
+      EXPECT_EQ(crcs[i], Crc32c(body.data() + ranges[i].offset, ranges[i].length)) << i;
+    }
+    // Per object: the first wave in flight before the 200 was seen, then one stream (and
+    // maybe a second one if the first ended before later ranges were queued on it).
+    EXPECT_LE(gets.load(), 2 * (4 + 2)) << "sink=" << use_sink;
+    EXPECT_EQ(st.requests, static_cast<std::uint64_t>(gets.load()));
+    ASSERT_EQ(warnings.size(), 2u);
+    EXPECT_NE(warnings[0].find("127.0.0.1:" + std::to_string(loop.port()) + " ignores Range requests; downloading obj-"),
+              std::string::npos) << warnings[0];
+    EXPECT_NE(warnings[0].find(" as one stream"), std::string::npos) << warnings[0];
+  }
 }
 
 }  // namespace
