@@ -47,7 +47,7 @@ TEST(RemoteSessionJson, MalformedListingIsOneFormatErrorNamingTheUrl) {
     res.set_content(R"({"name":"m/x","size":"12x","generation":"1"})", "application/json");
   });
   loop.Start();
-  for (const std::string body : {R"({"items":[{"name":"m/a","size":null,"generation":"1"}]})",
+  for (const char* body : {R"({"items":[{"name":"m/a","size":null,"generation":"1"}]})",
                                  R"({"items":[{"name":"m/a","size":"12x","generation":"1"}]})",
                                  R"({"items":[{"name":"m/a","size":"1","generation":"1"}],"nextPageToken":7})",
                                  R"({"items":"m/a"})", "<html>"}) {
@@ -110,7 +110,7 @@ TEST(RemoteSessionFolders, FolderUrlWithoutSlashAndNonSafetensorsFile) {
     res.set_content(std::string(7, 'y'), "application/octet-stream");
   });
   loop.Start();
-  for (const std::string url : {loop.url("/models/gemma"), loop.url("/models/gemma/")}) {
+  for (const std::string& url : {loop.url("/models/gemma"), loop.url("/models/gemma/")}) {
     auto s = Open(url, FastOptions());
     ASSERT_TRUE(s);
     auto files = s->List();
