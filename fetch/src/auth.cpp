@@ -13,10 +13,17 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <algorithm>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
+#include <thread>
+
+#include <pthread.h>
 
 #include "coldstart/core/crc32c.h"  // Base64UrlEncode
+#include "coldstart/fetch/gcs_json.h"
+#include "coldstart/fetch/retry.h"
 #include "coldstart/fetch/url.h"
 
 #include "handles.h"
@@ -113,38 +120,20 @@ struct Token {
   double expires_in_s = 3600;
 };
 
-// {"access_token": "...", "expires_in": 3599, "token_type": "Bearer"}, the format of both
-// the OAuth token endpoint and the metadata server. Never echoes the body: it holds the token.
-Result<Token> ParseTokenResponse(HttpResponse& resp, const std::string& what) {
+// The OAuth token endpoint's and the metadata server's answer (gcs_json.h parses the body).
+// Never echoes the body: it holds the token.
+Result<Token> TokenFromResponse(HttpResponse& resp, const std::string& what) {
   if (resp.status != 200) {
     Error e = HttpError(resp.status, what, resp.body);
     Wipe(resp.body);
     return e;
   }
-  auto j = json::parse(resp.body, nullptr, /*allow_exceptions=*/false);
+  auto parsed = ParseTokenResponse(resp.body, what);
   Wipe(resp.body);
-  auto bad = [&](std::string why) { return MakeError(Errc::kFormat, what + ": token response " + why); };
-  if (j.is_discarded() || !j.is_object()) return bad("is not a JSON object");
-  auto tok = j.find("access_token");
-  if (tok == j.end() || !tok->is_string()) return bad("has no access_token");
+  if (!parsed.ok()) return std::move(parsed).error();
   Token t;
-  t.access_token = tok->get<std::string>();
-  Wipe(tok->get_ref<std::string&>());
-  if (!ValidTokenChars(t.access_token)) {
-    Wipe(t.access_token);
-    return bad("has an empty or malformed access_token");
-  }
-  auto type = j.find("token_type");
-  if (type != j.end() && type->is_string()) {
-    std::string tt = type->get<std::string>();
-    for (char& c : tt) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (tt != "bearer") return bad("has token_type '" + type->get<std::string>() + "', not Bearer");
-  }
-  auto exp = j.find("expires_in");
-  if (exp != j.end()) {
-    if (!exp->is_number() || exp->get<double>() < 0) return bad("has a malformed expires_in");
-    t.expires_in_s = exp->get<double>();
-  }
+  t.access_token = std::move(parsed->access_token);
+  t.expires_in_s = parsed->expires_in_s;
   return t;
 }
 
@@ -173,31 +162,36 @@ class AccessTokenCredentials final : public Credentials {
   std::string header_;
 };
 
-// Caches one token; subclasses only know how to fetch a fresh one. The mutex is held across
-// the fetch on purpose: when many threads find the token stale at once, one request goes out
-// and the rest wait for its answer instead of each asking for their own.
+// Caches one token; subclasses only know how to fetch a fresh one. The first token is fetched
+// on the calling thread (there is nothing to hand out before it); after that a background
+// thread ("cs-token") fetches the next one ahead of expiry, so AuthorizationHeader() returns
+// the cached token without touching the network while it is valid, and a fetch event loop
+// asking for a header never waits on a token endpoint. Every fetch, foreground or background,
+// goes through the same RetryPolicy as data: one 503 from a metadata server is retried, not
+// fatal. mu_ is held across a foreground fetch on purpose: when many threads find no valid
+// token at once, one request goes out and the rest wait for its answer.
 class RefreshingCredentials : public Credentials {
  public:
   RefreshingCredentials(HttpOptions http, std::string kind, std::string describe)
       : http_(std::move(http)), kind_(std::move(kind)), describe_(std::move(describe)) {}
-  ~RefreshingCredentials() override { Wipe(token_); }
+  // Subclasses call StopRefresher() in their destructors: the thread calls their Fetch().
+  ~RefreshingCredentials() override {
+    StopRefresher();
+    Wipe(token_);
+  }
+
+  // Before the first AuthorizationHeader() (no thread runs yet).
+  void SetRetry(const RetryOptions& retry) { retry_ = retry; }
 
   Result<std::string> AuthorizationHeader() final {
     std::lock_guard<std::mutex> lock(mu_);
-    auto now = Clock::now();
-    auto margin = std::chrono::duration<double>(kTokenRefreshMarginS);
-    if (!token_.empty() && now + margin < expiry_) return "Authorization: Bearer " + token_;
-    auto fresh = Fetch(http_);
-    if (!fresh.ok()) {
-      // A failed early refresh is not fatal while the old token still works.
-      if (!token_.empty() && Clock::now() < expiry_) return "Authorization: Bearer " + token_;
-      return std::move(fresh).error().WithContext(describe_);
-    }
-    Wipe(token_);
-    token_ = std::move(fresh->access_token);
-    // Measured from before the request, so the cached expiry is never later than the real one.
-    expiry_ = now + std::chrono::duration_cast<Clock::duration>(
-                        std::chrono::duration<double>(fresh->expires_in_s));
+    if (!token_.empty() && Clock::now() < expiry_) return "Authorization: Bearer " + token_;
+    // No token yet, or the background refresh could not get one before this one expired.
+    const auto started = Clock::now();
+    auto fresh = FetchWithRetry();
+    if (!fresh.ok()) return std::move(fresh).error().WithContext(describe_);
+    StoreLocked(std::move(*fresh), started);
+    if (!refresher_.joinable()) refresher_ = std::thread([this] { RefreshLoop(); });
     return "Authorization: Bearer " + token_;
   }
   std::string Describe() const final { return describe_; }
@@ -206,13 +200,106 @@ class RefreshingCredentials : public Credentials {
  protected:
   virtual Result<Token> Fetch(HttpClient& http) = 0;
 
+  // Ends the background refresh (interrupting a backoff wait) and joins it. Idempotent.
+  void StopRefresher() {
+    {
+      std::lock_guard<std::mutex> lk(stop_mu_);
+      stop_ = true;
+    }
+    stop_cv_.notify_all();
+    std::thread t;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      t = std::move(refresher_);
+    }
+    if (t.joinable()) t.join();
+  }
+
  private:
-  std::mutex mu_;
+  // Sleeps `seconds` unless the object is being destroyed; false = stop.
+  bool SleepUnlessStopped(double seconds) {
+    std::unique_lock<std::mutex> lk(stop_mu_);
+    return !stop_cv_.wait_for(lk, std::chrono::duration<double>(seconds), [&] { return stop_; });
+  }
+
+  Result<Token> FetchWithRetry() {
+    RetryPolicy policy(retry_);
+    const auto t0 = Clock::now();
+    for (unsigned attempt = 1;; ++attempt) {
+      Result<Token> r = [&] {
+        std::lock_guard<std::mutex> lk(http_mu_);
+        return Fetch(http_);
+      }();
+      if (r.ok()) return r;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+      auto delay = policy.NextDelay(r.error(), attempt, elapsed);
+      if (!delay) {
+        Error e = std::move(r).error();
+        if (attempt > 1 && IsRetryable(e)) e.message += " (gave up after " + std::to_string(attempt) + " attempts)";
+        return e;
+      }
+      if (!SleepUnlessStopped(*delay)) return MakeError(Errc::kCancelled, "credentials are being released");
+    }
+  }
+
+  // Caller holds mu_. `started`: when the request went out, so the cached expiry is never
+  // later than the real one.
+  void StoreLocked(Token fresh, Clock::time_point started) {
+    Wipe(token_);
+    token_ = std::move(fresh.access_token);
+    const double life = fresh.expires_in_s;
+    expiry_ = started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(life));
+    // kTokenRefreshMarginS before expiry; a token shorter-lived than twice the margin at half
+    // its life; never sooner than 1 s after the last fetch (a 0 s token must not spin).
+    const double ahead = std::max({life - kTokenRefreshMarginS, life / 2, 1.0});
+    refresh_at_ = started + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(ahead));
+  }
+
+  void RefreshLoop() {
+    pthread_setname_np(pthread_self(), "cs-token");
+    for (;;) {
+      Clock::time_point due;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        due = refresh_at_;
+      }
+      {
+        std::unique_lock<std::mutex> lk(stop_mu_);
+        if (stop_cv_.wait_until(lk, due, [&] { return stop_; })) return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (Clock::now() < refresh_at_) continue;  // a foreground fetch moved it
+      }
+      const auto started = Clock::now();
+      auto fresh = FetchWithRetry();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (fresh.ok()) {
+        StoreLocked(std::move(*fresh), started);
+        continue;
+      }
+      if (fresh.error().code == Errc::kCancelled) return;
+      // The policy gave up; the cached token may still work. Try again in a while (half the
+      // time it has left, 1 s .. 60 s); once it expires, callers fetch in the foreground.
+      const double left = std::chrono::duration<double>(expiry_ - Clock::now()).count();
+      refresh_at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                       std::chrono::duration<double>(std::clamp(left / 2, 1.0, 60.0)));
+    }
+  }
+
+  std::mutex mu_;  // token_, expiry_, refresh_at_, refresher_
+  std::mutex http_mu_;  // http_: one request at a time
   HttpClient http_;
+  RetryOptions retry_;
   std::string kind_;
   std::string describe_;
   std::string token_;
   Clock::time_point expiry_{};
+  Clock::time_point refresh_at_{};
+  std::thread refresher_;
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;  // GUARDED_BY(stop_mu_)
 };
 
 // RFC 7523 JWT-bearer grant: we sign {iss, scope, aud, iat, exp} with the key file's RSA key
@@ -224,6 +311,8 @@ class ServiceAccountCredentials final : public RefreshingCredentials {
       : RefreshingCredentials(std::move(http), std::move(kind), std::move(describe)),
         email_(std::move(email)), key_id_(std::move(key_id)), token_uri_(std::move(token_uri)),
         key_(std::move(key)) {}
+
+  ~ServiceAccountCredentials() override { StopRefresher(); }
 
  private:
   Result<Token> Fetch(HttpClient& http) override {
@@ -239,7 +328,7 @@ class ServiceAccountCredentials final : public RefreshingCredentials {
     auto resp = http.Send(req);
     Wipe(req.body);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, what);
+    return TokenFromResponse(*resp, what);
   }
 
   Result<std::string> MakeAssertion() const {
@@ -280,6 +369,8 @@ class AuthorizedUserCredentials final : public RefreshingCredentials {
         client_id_(std::move(client_id)), client_secret_(std::move(client_secret)),
         refresh_token_(std::move(refresh_token)), token_uri_(std::move(token_uri)) {}
 
+  ~AuthorizedUserCredentials() override { StopRefresher(); }
+
  private:
   Result<Token> Fetch(HttpClient& http) override {
     HttpRequest req;
@@ -293,7 +384,7 @@ class AuthorizedUserCredentials final : public RefreshingCredentials {
     auto resp = http.Send(req);
     Wipe(req.body);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, "token request to " + RedactUrl(token_uri_));
+    return TokenFromResponse(*resp, "token request to " + RedactUrl(token_uri_));
   }
 
   std::string client_id_;
@@ -310,6 +401,8 @@ class MetadataServerCredentials final : public RefreshingCredentials {
       : RefreshingCredentials(std::move(http), "metadata-server", std::move(describe)),
         host_(std::move(host)) {}
 
+  ~MetadataServerCredentials() override { StopRefresher(); }
+
  private:
   Result<Token> Fetch(HttpClient& http) override {
     HttpRequest req;
@@ -317,7 +410,7 @@ class MetadataServerCredentials final : public RefreshingCredentials {
     req.headers = {"Metadata-Flavor: Google"};
     auto resp = http.Send(req);
     if (!resp.ok()) return std::move(resp).error();
-    return ParseTokenResponse(*resp, "GET " + RedactUrl(req.url));
+    return TokenFromResponse(*resp, "GET " + RedactUrl(req.url));
   }
 
   std::string host_;
@@ -401,7 +494,7 @@ struct MetadataProbe {
   std::string why_not;               // otherwise, for Describe()
 };
 
-Result<MetadataProbe> ProbeMetadata(const std::string& host, const HttpOptions& http) {
+Result<MetadataProbe> ProbeMetadata(const std::string& host, const HttpOptions& http, const RetryOptions& retry) {
   HttpOptions o = http;
   // Off Google Cloud the name does not resolve or nothing answers; keep that cheap.
   o.connect_timeout_s = 1;
@@ -410,7 +503,20 @@ Result<MetadataProbe> ProbeMetadata(const std::string& host, const HttpOptions& 
   HttpRequest req;
   req.url = "http://" + host + std::string(kMetadataSaPath) + "email";
   req.headers = {"Metadata-Flavor: Google"};
+  // Nothing answering is the normal case off Google Cloud and is not retried (it must stay
+  // cheap); a metadata server that answers 5xx/429 is retried under the data's policy.
+  RetryPolicy policy(retry);
+  const auto t0 = Clock::now();
   auto resp = client.Send(req);
+  for (unsigned attempt = 1; resp.ok() && resp->Header("metadata-flavor") == "Google" &&
+                             (resp->status == 408 || resp->status == 429 || resp->status >= 500);
+       ++attempt) {
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    auto delay = policy.NextDelay(HttpError(resp->status, "metadata", ""), attempt, elapsed);
+    if (!delay) break;
+    std::this_thread::sleep_for(std::chrono::duration<double>(*delay));
+    resp = client.Send(req);
+  }
   MetadataProbe p;
   if (!resp.ok()) {
     p.why_not = "no metadata server at " + host;
@@ -459,7 +565,7 @@ Status AuthOptions::ApplyEnv(const Env& env) {
 }
 
 Result<std::shared_ptr<Credentials>> LoadCredentialsFile(const std::string& path, const HttpOptions& http,
-                                                         std::string_view kind) {
+                                                         std::string_view kind, const RetryOptions& retry) {
   CS_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path));
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   Wipe(text);
@@ -494,9 +600,11 @@ Result<std::shared_ptr<Credentials>> LoadCredentialsFile(const std::string& path
     CS_ASSIGN_OR_RETURN(PkeyPtr key, ParsePrivateKey(pem_field->get_ref<const std::string&>(), path));
     std::string describe = (adc ? "gcloud application-default credentials " : "service account key ") + path +
                            " (" + (adc ? "service account " : "") + email + ")";
-    return std::shared_ptr<Credentials>(std::make_shared<ServiceAccountCredentials>(
+    auto creds = std::make_shared<ServiceAccountCredentials>(
         std::move(auth_http), kind.empty() ? "service-account" : std::string(kind), std::move(describe),
-        std::move(email), std::move(key_id), std::move(token_uri), std::move(key)));
+        std::move(email), std::move(key_id), std::move(token_uri), std::move(key));
+    creds->SetRetry(retry);
+    return std::shared_ptr<Credentials>(std::move(creds));
   }
   if (type == "authorized_user") {
     CS_ASSIGN_OR_RETURN(std::string client_id, StringField(j, "client_id", path, type, true));
@@ -510,6 +618,7 @@ Result<std::shared_ptr<Credentials>> LoadCredentialsFile(const std::string& path
         std::move(client_id), client_secret, refresh_token, std::move(token_uri));
     Wipe(client_secret);
     Wipe(refresh_token);
+    creds->SetRetry(retry);
     return std::shared_ptr<Credentials>(std::move(creds));
   }
   return MakeError(Errc::kUnavailable,
@@ -549,7 +658,7 @@ Result<std::shared_ptr<Credentials>> ResolveCredentials(const AuthOptions& o, co
   if (o.emulator) return std::shared_ptr<Credentials>(std::make_shared<AnonymousCredentials>("storage emulator"));
 
   if (auto gac = env.Get("GOOGLE_APPLICATION_CREDENTIALS"); gac && !gac->empty()) {
-    auto c = LoadCredentialsFile(*gac, http);
+    auto c = LoadCredentialsFile(*gac, http, {}, o.retry);
     if (!c.ok()) return std::move(c).error().WithContext("GOOGLE_APPLICATION_CREDENTIALS");
     return c;
   }
@@ -565,18 +674,19 @@ Result<std::shared_ptr<Credentials>> ResolveCredentials(const AuthOptions& o, co
     struct stat st {};
     // Absent is the normal case (no `gcloud auth application-default login`); anything
     // else, unreadable included, goes to LoadCredentialsFile to produce a precise error.
-    if (::stat(adc.c_str(), &st) == 0 || (errno != ENOENT && errno != ENOTDIR)) return LoadCredentialsFile(adc, http, "gcloud-adc");
+    if (::stat(adc.c_str(), &st) == 0 || (errno != ENOENT && errno != ENOTDIR)) return LoadCredentialsFile(adc, http, "gcloud-adc", o.retry);
   }
 
   std::string why = "no credentials found";
   if (use_metadata) {
     CS_ASSIGN_OR_RETURN(std::string host, MetadataHost(env));
-    CS_ASSIGN_OR_RETURN(MetadataProbe probe, ProbeMetadata(host, AuthHttpOptions(http)));
+    CS_ASSIGN_OR_RETURN(MetadataProbe probe, ProbeMetadata(host, AuthHttpOptions(http), o.retry));
     if (probe.email) {
       std::string describe = "metadata server " + host + " (" +
                              (probe.email->empty() ? std::string("default service account") : *probe.email) + ")";
-      return std::shared_ptr<Credentials>(
-          std::make_shared<MetadataServerCredentials>(AuthHttpOptions(http), std::move(describe), host));
+      auto creds = std::make_shared<MetadataServerCredentials>(AuthHttpOptions(http), std::move(describe), host);
+      creds->SetRetry(o.retry);
+      return std::shared_ptr<Credentials>(std::move(creds));
     }
     why += "; " + probe.why_not;
   }

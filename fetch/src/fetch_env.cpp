@@ -73,8 +73,14 @@ constexpr std::array kVars = {
     EnvVarInfo{"COLDSTART_RETRY_DEADLINE", "10m",
                "No new attempt of a request this long after its first attempt."},
     EnvVarInfo{"COLDSTART_STALL_TIMEOUT", "20s",
-               "A transfer that receives no bytes for this long is abandoned and retried: "
-               "faster than waiting for TCP to notice a dead connection."},
+               "A transfer that receives no bytes (or less than COLDSTART_STALL_MIN_RATE per "
+               "second) for this long is abandoned and retried: faster than waiting for TCP to "
+               "notice a dead connection."},
+    EnvVarInfo{"COLDSTART_STALL_MIN_RATE", "16KiB",
+               "Bytes per second a transfer must average over the stall timeout, else it is "
+               "stalled (abandoned and retried): a server trickling a byte a second is not "
+               "alive. 32 connections on a 10 Mbit/s link still get ~40 KB/s each; set 1 to "
+               "only catch transfers that receive nothing."},
 };
 
 }  // namespace

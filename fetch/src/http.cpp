@@ -60,6 +60,7 @@ size_t HeaderCb(char* data, size_t size, size_t n, void* user) {
   // A new status line starts a new response (100 Continue, redirects): forget the old headers.
   if (line.substr(0, 5) == "HTTP/") {
     resp->headers.clear();
+    resp->body.clear();  // a followed redirect's body is not the answer
     return bytes;
   }
   size_t colon = line.find(':');

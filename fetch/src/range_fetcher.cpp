@@ -4,6 +4,9 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -15,6 +18,7 @@
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
+#include "coldstart/fetch/content_range.h"
 #include "coldstart/fetch/http.h"
 
 #include "handles.h"
@@ -34,6 +38,53 @@ using detail::SlistPtr;
 using Clock = std::chrono::steady_clock;
 
 
+// What the fetch threads learn about one object, shared by them (ranges of one object run on
+// several threads).
+struct ObjectState {
+  std::mutex mu;
+  // INVARIANT (mu): where the object's media URL redirects to, learnt from the first ranged GET
+  // that followed a redirect and succeeded; later ranges go there directly (a CDN's signed
+  // URL), skipping a round trip to the origin. Empty = not redirected (or forgotten after the
+  // cached URL failed). cross_origin: it is another scheme/host/port, so no credentials go there.
+  std::string effective_url;
+  bool cross_origin = false;
+  // INVARIANT (mu): the server answered a Range that was not the whole object with a 200 and
+  // the whole body. Then one transfer at a time (`stream`) reads the body front to back and
+  // serves the object's later ranges from it: those picked while it runs wait in `pending`
+  // instead of each downloading the object again up to their end (218 full downloads of a
+  // shard for one device load, before).
+  bool ignores_range = false;
+  struct Transfer* stream = nullptr;
+  std::vector<std::size_t> pending;  // range indices, any order
+};
+
+// scheme://host:port of a URL, lower-case, without userinfo: what curl compares before it sends
+// credentials to a redirect's target.
+std::string Origin(std::string_view url) {
+  auto sep = url.find("://");
+  if (sep == std::string_view::npos) return {};
+  std::string scheme(url.substr(0, sep));
+  std::string_view rest = url.substr(sep + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) rest.remove_prefix(at + 1);
+  std::string out = scheme + "://" + std::string(rest);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto bracket = rest.rfind(']');  // IPv6 literal: a port colon comes after it
+  const bool has_port = rest.find(':', bracket == std::string_view::npos ? 0 : bracket) != std::string_view::npos;
+  if (!has_port) out += scheme == "https" ? ":443" : ":80";
+  return out;
+}
+
+bool IsCredentialHeader(std::string_view h) {
+  auto lower_starts = [&](std::string_view p) {
+    if (h.size() < p.size()) return false;
+    for (std::size_t i = 0; i < p.size(); ++i)
+      if (std::tolower(static_cast<unsigned char>(h[i])) != p[i]) return false;
+    return true;
+  };
+  return lower_starts("authorization:") || lower_starts("cookie:");
+}
+
 class Transport;
 
 // One batch of ranges submitted to the transport (a FetchJob to its caller). Its ranges are
@@ -43,6 +94,7 @@ class Transport;
 struct Job final : FetchJob {
   std::span<const RemoteObject> objects;
   std::span<const FetchRange> ranges;
+  std::unique_ptr<ObjectState[]> object_state;  // one per object
   FetchCallbacks cb;
   FetchOptions opt;
   RetryPolicy policy;
@@ -68,6 +120,9 @@ struct Job final : FetchJob {
   Clock::time_point blocked_since;
   unsigned inflight = 0;
   std::size_t completed = 0;
+  // Of `inflight`, ranges waiting in an object's stream `pending` list: they hold no
+  // connection, so they do not count against the job's concurrency.
+  std::atomic<unsigned> on_stream{0};
 
   std::mutex mu;  // guards error, finished
   std::condition_variable cv;
@@ -113,6 +168,10 @@ struct Transfer {
   std::uint64_t stream_pos = 0;  // object offset of the next byte the server sends
   bool complete_early = false; // we stopped the transfer after our last byte
   std::string error_body;      // first bytes of a non-2xx body, for the message
+  bool via_effective_url = false;  // this attempt went to the object's cached redirect target
+  bool bypass_effective_url = false;  // the cached target failed this range once: use the origin
+  bool is_stream = false;      // the object's whole-body stream (ObjectState::stream == this)
+  bool stream_checked = false; // this response was looked at for an ignored Range
   std::optional<Error> fatal;  // detected in a callback (generation change, gap)
   bool fatal_is_sink = false;  // the sink failed (disk full...): never retried
   std::int64_t seen_generation = 0;
@@ -141,30 +200,162 @@ std::size_t OnHeader(char* data, std::size_t size, std::size_t n, void* user) {
   auto* t = static_cast<Transfer*>(user);
   std::string_view line(data, size * n);
   if (line.substr(0, 5) == "HTTP/") {
-    // A new response (after a redirect or 100 Continue): forget the last one.
+    // A new response (after a redirect or 100 Continue): forget the last one, its body too.
     t->status = 0;
     t->have_start = false;
+    t->error_body.clear();
+    t->seen_generation = 0;
+    t->stream_checked = false;
     auto sp = line.find(' ');
-    if (sp != std::string_view::npos) t->status = std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
+    if (sp != std::string_view::npos && line.size() >= sp + 4) {
+      const auto code = line.substr(sp + 1, 3);
+      if (std::all_of(code.begin(), code.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        t->status = (code[0] - '0') * 100 + (code[1] - '0') * 10 + (code[2] - '0');
+    }
     if (t->status == 200) {
       t->have_start = true;
       t->stream_pos = 0;
     }
-  } else if (IEqualsPrefix(line, "content-range:")) {
-    // "Content-Range: bytes 100-199/1000"
-    std::string v = Trim(std::string(line.substr(14)));
-    if (v.rfind("bytes ", 0) == 0) {
-      char* end = nullptr;
-      unsigned long long start = std::strtoull(v.c_str() + 6, &end, 10);
-      if (end != v.c_str() + 6 && *end == '-') {
-        t->have_start = true;
-        t->stream_pos = start;
-      }
+  } else if (t->status >= 200 && t->status < 300 && IEqualsPrefix(line, "content-range:")) {
+    // "Content-Range: bytes 100-199/1000"; a value we cannot read places nothing.
+    auto cr = ParseContentRange(line.substr(14));
+    const auto& obj = t->object();
+    if (!cr || cr->unsatisfied) {
+      t->fatal = MakeError(Errc::kFormat, obj.display + ": malformed Content-Range '" +
+                                              Trim(std::string(line.substr(14, 80))) + "'");
+      return 0;
     }
-  } else if (IEqualsPrefix(line, "x-goog-generation:")) {
-    t->seen_generation = std::strtoll(Trim(std::string(line.substr(18))).c_str(), nullptr, 10);
+    if (cr->size && *cr->size != obj.size) {
+      t->fatal = MakeError(Errc::kIntegrity, obj.display + ": server says the object is " + std::to_string(*cr->size) +
+                                                 " bytes, listed as " + std::to_string(obj.size) + " (changed?)");
+      return 0;
+    }
+    t->have_start = true;
+    t->stream_pos = cr->first;
+  } else if (t->status >= 200 && t->status < 300 && IEqualsPrefix(line, "x-goog-generation:")) {
+    auto g = ParseGeneration(line.substr(18));
+    if (!g) {
+      t->fatal = MakeError(Errc::kFormat, t->object().display + ": malformed x-goog-generation '" +
+                                              Trim(std::string(line.substr(18, 40))) + "'");
+      return 0;
+    }
+    t->seen_generation = *g;
   }
   return size * n;
+}
+
+// "host[:port]" of a URL, for messages.
+std::string HostOf(std::string_view url) {
+  auto sep = url.find("://");
+  std::string_view rest = sep == std::string_view::npos ? url : url.substr(sep + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) rest.remove_prefix(at + 1);
+  return std::string(rest);
+}
+
+// A 200 with the whole body answered a Range that was not the whole object: the server ignores
+// Range. Said once per object; the first such transfer becomes the object's stream unless one
+// is running.
+void NoticeIgnoredRange(Transfer* t) {
+  Job* job = t->job;
+  const auto& obj = t->object();
+  ObjectState& os = job->object_state[t->range().object];
+  bool warn = false;
+  {
+    std::lock_guard lk(os.mu);
+    warn = !os.ignores_range;
+    os.ignores_range = true;
+    if (os.stream == nullptr) {
+      os.stream = t;
+      t->is_stream = true;
+    }
+  }
+  if (!warn) return;
+  std::string msg = HostOf(obj.url) + " ignores Range requests; downloading " + obj.display + " as one stream";
+  if (job->cb.warning) job->cb.warning(msg);
+  else std::fprintf(stderr, "coldstart: warning: %s\n", msg.c_str());
+}
+
+// Counts a range completed by a stream towards its job (defined with the transport below).
+void RangeCompleted(Job* job);
+
+// The stream `t` finished its range: hands it to `done` and moves on to the waiting range that
+// starts first at or after the stream's position. false = none waits there (the stream ends).
+Result<bool> NextStreamRange(Transfer* t) {
+  Job* job = t->job;
+  ObjectState& os = job->object_state[t->range().object];
+  std::size_t next = 0;
+  {
+    std::lock_guard lk(os.mu);
+    auto best = os.pending.end();
+    for (auto it = os.pending.begin(); it != os.pending.end(); ++it) {
+      const std::uint64_t o = job->ranges[*it].offset;
+      if (o >= t->stream_pos && (best == os.pending.end() || o < job->ranges[*best].offset)) best = it;
+    }
+    if (best == os.pending.end()) return false;
+    next = *best;
+    os.pending.erase(best);
+  }
+  // The next range's destination first: when the sink is full the stream ends here (the range
+  // goes back to the job and a later transfer continues), since acquire must never block.
+  std::byte* dest = nullptr;
+  if (job->cb.acquire) {
+    dest = job->cb.acquire(next);
+    if (dest == nullptr) {
+      std::lock_guard lk(os.mu);
+      os.pending.push_back(next);
+      return false;
+    }
+  }
+  if (auto st = job->cb.done(t->index, t->dest, t->crc); !st.ok()) {
+    // `next` goes back to wait (and is dropped with the failed job).
+    std::lock_guard lk(os.mu);
+    os.pending.push_back(next);
+    return std::move(st).error();
+  }
+  --job->on_stream;  // `next` rides on this stream's connection now
+  RangeCompleted(job);
+  t->index = next;
+  t->received = 0;
+  t->crc = 0;
+  t->failed = 0;
+  t->first_attempt = Clock::now();
+  t->dest = dest;
+  return true;
+}
+
+// Range i waits for its object's running stream instead of a GET of its own, if there is one;
+// if the object is known to ignore Range and none runs, `t` becomes its stream.
+bool QueueOnStream(Job* job, std::size_t i) {
+  ObjectState& os = job->object_state[job->ranges[i].object];
+  std::lock_guard lk(os.mu);
+  if (os.stream == nullptr) return false;
+  os.pending.push_back(i);
+  ++job->on_stream;
+  return true;
+}
+
+void ClaimStreamIfIgnored(Transfer* t) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  if (os.ignores_range && os.stream == nullptr) {
+    os.stream = t;
+    t->is_stream = true;
+  }
+}
+
+// The stream ended (its last range is done): ranges still waiting get transfers of their own
+// (one of which becomes the next stream).
+void ReleaseStream(Transfer* t, std::deque<std::size_t>* orphans) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  if (os.stream == t) os.stream = nullptr;
+  t->is_stream = false;
+  std::sort(os.pending.begin(), os.pending.end(),
+            [&](std::size_t a, std::size_t b) { return t->job->ranges[a].offset < t->job->ranges[b].offset; });
+  orphans->insert(orphans->end(), os.pending.begin(), os.pending.end());
+  t->job->on_stream -= static_cast<unsigned>(os.pending.size());
+  os.pending.clear();
 }
 
 std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
@@ -189,42 +380,63 @@ std::size_t OnBody(char* data, std::size_t size, std::size_t n, void* user) {
   Job* job = t->job;
   if (!job->first_byte_seen.exchange(true))
     job->first_byte_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - job->start).count();
-  const FetchRange& r = t->range();
-  const std::uint64_t want = r.offset + t->received;
-  const std::uint64_t end = r.offset + r.length;
-  std::uint64_t pos = t->stream_pos;
-  t->stream_pos += len;
-  if (pos > want) {
-    // The server skipped bytes we still need: never fill the hole with later bytes.
-    t->fatal = MakeError(Errc::kNetwork, obj.display + ": server sent bytes from " + std::to_string(pos) +
-                                             " but byte " + std::to_string(want) + " was next");
-    return 0;
+  if (t->status == 200 && !t->stream_checked) {
+    t->stream_checked = true;
+    if (t->range().offset != 0 || t->range().length != obj.size) NoticeIgnoredRange(t);
   }
-  std::uint64_t skip = want - pos;  // bytes before what we want (e.g. a 200 with the whole object)
-  if (skip >= len) {
-    job->discarded.fetch_add(len, std::memory_order_relaxed);
-    return len;
-  }
-  std::uint64_t take = std::min<std::uint64_t>(len - skip, end - want);
-  if (job->cb.sink) {
-    auto st = job->cb.sink(t->index, t->received, reinterpret_cast<const std::byte*>(data + skip), take);
-    if (!st.ok()) {
-      t->fatal = std::move(st).error();
-      t->fatal_is_sink = true;
+  std::size_t off = 0;  // bytes of `data` consumed
+  while (off < len) {
+    const FetchRange& r = t->range();
+    const std::uint64_t want = r.offset + t->received;
+    const std::uint64_t end = r.offset + r.length;
+    const std::uint64_t pos = t->stream_pos;
+    if (pos > want) {
+      // The server skipped bytes we still need: never fill the hole with later bytes.
+      t->fatal = MakeError(Errc::kNetwork, obj.display + ": server sent bytes from " + std::to_string(pos) +
+                                               " but byte " + std::to_string(want) + " was next");
       return 0;
     }
-  } else {
-    std::memcpy(t->dest + t->received, data + skip, take);
-  }
-  t->crc = Crc32cExtend(t->crc, data + skip, take);
-  t->received += take;
-  job->bytes.fetch_add(take, std::memory_order_relaxed);
-  if (skip + take < len) job->discarded.fetch_add(len - take, std::memory_order_relaxed);
-  else if (skip > 0) job->discarded.fetch_add(skip, std::memory_order_relaxed);
-  if (skip + take < len || (t->received == r.length && t->stream_pos < obj.size && t->status == 200)) {
-    // We have our range and the server would send more: stop this transfer here.
-    t->complete_early = true;
-    return 0;
+    const std::uint64_t left = len - off;
+    const std::uint64_t skip = want - pos;  // bytes before what we want (e.g. a 200 with the whole object)
+    if (skip >= left) {
+      job->discarded.fetch_add(left, std::memory_order_relaxed);
+      t->stream_pos += left;
+      return len;
+    }
+    const char* p = data + off + skip;
+    const std::uint64_t take = std::min<std::uint64_t>(left - skip, end - want);
+    if (job->cb.sink) {
+      auto st = job->cb.sink(t->index, t->received, reinterpret_cast<const std::byte*>(p), take);
+      if (!st.ok()) {
+        t->fatal = std::move(st).error();
+        t->fatal_is_sink = true;
+        return 0;
+      }
+    } else {
+      std::memcpy(t->dest + t->received, p, take);
+    }
+    t->crc = Crc32cExtend(t->crc, p, take);
+    t->received += take;
+    t->stream_pos += skip + take;
+    off += skip + take;
+    job->bytes.fetch_add(take, std::memory_order_relaxed);
+    if (skip > 0) job->discarded.fetch_add(skip, std::memory_order_relaxed);
+    if (t->received < r.length) continue;
+    if (t->is_stream) {
+      auto next = NextStreamRange(t);
+      if (!next.ok()) {
+        t->fatal = std::move(next).error();
+        t->fatal_is_sink = true;  // a callback failed: not the network's fault
+        return 0;
+      }
+      if (*next) continue;  // serving the next waiting range from the same body
+    }
+    if (off < len || (t->stream_pos < obj.size && t->status == 200)) {
+      // We have our range and the server would send more: stop this transfer here.
+      job->discarded.fetch_add(len - off, std::memory_order_relaxed);
+      t->complete_early = true;
+      return 0;
+    }
   }
   return len;
 }
@@ -244,11 +456,26 @@ Status Prepare(Transfer* t, CURLM* multi) {
   }
   CURL* e = t->easy.get();
   const FetchRange& r = t->range();
+  // The object's redirect target when one is known, else its URL (curl follows redirects).
+  std::string url = t->object().url;
+  bool cross_origin = false;
+  t->via_effective_url = false;
+  if (!t->bypass_effective_url) {
+    ObjectState& os = t->job->object_state[r.object];
+    std::lock_guard lk(os.mu);
+    if (!os.effective_url.empty()) {
+      url = os.effective_url;
+      cross_origin = os.cross_origin;
+      t->via_effective_url = true;
+    }
+  }
   curl_slist* h = nullptr;
   std::string range = "Range: bytes=" + std::to_string(r.offset + t->received) + "-" +
                       std::to_string(r.offset + r.length - 1);
   h = curl_slist_append(h, range.c_str());
-  if (t->job->cb.auth_header) {
+  // Going straight to another origin: send it no credentials, as curl does when it follows a
+  // redirect there itself (no CURLOPT_UNRESTRICTED_AUTH).
+  if (t->job->cb.auth_header && !cross_origin) {
     auto auth = t->job->cb.auth_header();
     if (!auth.ok()) {
       curl_slist_free_all(h);
@@ -256,7 +483,8 @@ Status Prepare(Transfer* t, CURLM* multi) {
     }
     if (!auth->empty()) h = curl_slist_append(h, auth->c_str());
   }
-  for (const auto& x : o.headers) h = curl_slist_append(h, x.c_str());
+  for (const auto& x : o.headers)
+    if (!cross_origin || !IsCredentialHeader(x)) h = curl_slist_append(h, x.c_str());
   t->headers.reset(h);
   t->status = 0;
   t->have_start = false;
@@ -266,7 +494,13 @@ Status Prepare(Transfer* t, CURLM* multi) {
   t->fatal.reset();
   t->fatal_is_sink = false;
   t->seen_generation = 0;
-  curl_easy_setopt(e, CURLOPT_URL, t->object().url.c_str());
+  curl_easy_setopt(e, CURLOPT_URL, url.c_str());  // curl copies it
+  // Downloads are often redirected to a CDN or a signed URL. curl drops Authorization (and
+  // Cookie) when a redirect changes host or port; 10 hops is plenty for any real server.
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
   curl_easy_setopt(e, CURLOPT_USERAGENT, o.user_agent.empty() ? DefaultUserAgent().c_str() : o.user_agent.c_str());
@@ -277,14 +511,16 @@ Status Prepare(Transfer* t, CURLM* multi) {
   curl_easy_setopt(e, CURLOPT_PRIVATE, t);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(o.connect_timeout_s * 1000));
-  // Stall detection: less than 1 byte/s for stall_timeout seconds aborts (and retries) the range.
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  // Stall detection: averaging less than stall_min_bytes_per_second over stall_timeout seconds
+  // aborts (and retries) the range; a trickle is as dead as silence.
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT,
+                   static_cast<long>(std::min<std::uint64_t>(o.retry.stall_min_bytes_per_second, 1ull << 30)));
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, std::max(1L, static_cast<long>(o.retry.stall_timeout_s)));
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   // HTTP/2: negotiated by ALPN over TLS; over cleartext (emulators, loopback benchmarks) only
   // with prior knowledge, since GCS-compatible servers do not offer h2c upgrades.
-  const bool cleartext = t->object().url.rfind("http://", 0) == 0;
+  const bool cleartext = url.rfind("http://", 0) == 0;
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    !o.http2 ? CURL_HTTP_VERSION_1_1
                             : (cleartext ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_2TLS));
@@ -304,6 +540,11 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
   // the last byte, a lost chunked terminator). Retrying would ask for an empty range.
   if (t->received == r.length && t->status >= 200 && t->status < 300) return std::nullopt;
   if (t->received == r.length && (res == CURLE_OK || t->complete_early)) return std::nullopt;
+  if (res == CURLE_TOO_MANY_REDIRECTS) {
+    Error e = MakeError(Errc::kNetwork, obj.display + ": more than 10 redirects");
+    e.curl_code = static_cast<int>(res);
+    return e;
+  }
   if (t->status >= 300 || (res == CURLE_OK && t->status < 200)) {
     Error e = HttpError(t->status, obj.display, t->error_body);
     if (t->status == 416)
@@ -316,12 +557,44 @@ std::optional<Error> Evaluate(Transfer* t, CURLcode res) {
                                             " of " + std::to_string(r.length) + " bytes of the range");
     return e;
   }
+  std::string why = curl_easy_strerror(res);
+  if (res == CURLE_OPERATION_TIMEDOUT) {
+    // No total timeout is set: a timeout after connecting is the low-speed (stall) check.
+    curl_off_t connect_us = 0;
+    curl_easy_getinfo(t->easy.get(), CURLINFO_CONNECT_TIME_T, &connect_us);
+    const RetryOptions& ro = t->job->opt.retry;
+    char window[32];
+    std::snprintf(window, sizeof window, "%g s", std::max(1.0, std::floor(ro.stall_timeout_s)));
+    if (connect_us > 0)
+      why = "stalled: below " + FormatBytes(static_cast<double>(ro.stall_min_bytes_per_second)) + "/s for " + window;
+    else
+      why = "connection timed out";
+  }
   Error e = MakeError(res == CURLE_OPERATION_TIMEDOUT ? Errc::kTimeout : Errc::kNetwork,
-                      obj.display + ": " + curl_easy_strerror(res) +
-                          (res == CURLE_OPERATION_TIMEDOUT ? " (stalled: no bytes for a while)" : "") + " after " +
-                          std::to_string(t->received) + " of " + std::to_string(r.length) + " bytes of the range");
+                      obj.display + ": " + why + " after " + std::to_string(t->received) + " of " +
+                          std::to_string(r.length) + " bytes of the range");
   e.curl_code = static_cast<int>(res);
   return e;
+}
+
+// After a successful attempt that went to the object's own URL: if curl followed redirects,
+// later ranges of the object go to where they led.
+void RememberRedirect(Transfer* t) {
+  long redirects = 0;
+  char* effective = nullptr;
+  if (curl_easy_getinfo(t->easy.get(), CURLINFO_REDIRECT_COUNT, &redirects) != CURLE_OK || redirects <= 0) return;
+  if (curl_easy_getinfo(t->easy.get(), CURLINFO_EFFECTIVE_URL, &effective) != CURLE_OK || effective == nullptr) return;
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  os.effective_url = effective;
+  os.cross_origin = Origin(effective) != Origin(t->object().url);
+}
+
+void ForgetRedirect(Transfer* t) {
+  ObjectState& os = t->job->object_state[t->range().object];
+  std::lock_guard lk(os.mu);
+  os.effective_url.clear();
+  os.cross_origin = false;
 }
 
 // The process's HTTP transport: fetch threads, each owning a curl multi handle and a pool of
@@ -351,6 +624,11 @@ class Transport {
   void Returned(Job* job, std::size_t i);
   void Completed(Job* job);
   void Dropped(Job* job);
+
+ public:
+  void RangeDone(Job* job) { Completed(job); }  // a range an object's stream finished
+
+ private:
   void MaybeFinish(Job* job);  // mu_ held
   unsigned SlotsPerThread();
 
@@ -444,7 +722,7 @@ std::optional<Transport::Pick> Transport::Next() {
     ++j->inflight;
     return Pick{j, i};
   };
-  auto open = [](const Job& j) { return !j.stop && j.inflight < j.opt.concurrency; };
+  auto open = [](const Job& j) { return !j.stop && j.inflight - j.on_stream.load() < j.opt.concurrency; };
   // A range someone waits for now goes first, whatever its job's priority.
   for (const auto& j : jobs_) {
     if (!open(*j)) continue;
@@ -545,8 +823,16 @@ void Transport::Worker(unsigned index) {
   std::vector<std::unique_ptr<Transfer>> idle;   // easy handles kept for connection reuse
   std::vector<std::unique_ptr<Transfer>> active;
   std::deque<std::unique_ptr<Transfer>> waiting; // backing off before a retry
+  // Ranges left waiting by an object's stream that ended: already taken (in flight) for their job.
+  std::deque<std::pair<std::shared_ptr<Job>, std::size_t>> orphans;
+  auto release_stream = [&](Transfer* t) {
+    std::deque<std::size_t> left;
+    ReleaseStream(t, &left);
+    for (std::size_t i : left) orphans.emplace_back(t->job_ref, i);
+  };
   // Forgets a transfer's job; keeps its easy handle (and, when it finished cleanly, its connection).
   auto retire = [&](std::unique_ptr<Transfer> t) {
+    if (t->is_stream) release_stream(t.get());
     t->job = nullptr;
     t->job_ref.reset();
     t->headers.reset();
@@ -599,6 +885,15 @@ void Transport::Worker(unsigned index) {
       it = waiting.erase(it);
       Dropped(job);
     }
+    for (auto it = orphans.begin(); it != orphans.end();) {
+      if (!it->first->stop && !shutting_down) {
+        ++it;
+        continue;
+      }
+      Job* job = it->first.get();
+      it = orphans.erase(it);
+      Dropped(job);
+    }
     if (shutting_down) break;
     auto now = Clock::now();
     const unsigned slots = SlotsPerThread();
@@ -610,10 +905,21 @@ void Transport::Worker(unsigned index) {
     }
     // Ranges waiting to retry keep their destination, so they count against the slots.
     while (active.size() + waiting.size() < slots) {
-      auto pick = Next();
+      std::optional<Pick> pick;
+      bool orphan = false;
+      if (!orphans.empty()) {
+        pick = Pick{std::move(orphans.front().first), orphans.front().second};
+        orphans.pop_front();
+        orphan = true;
+      } else {
+        pick = Next();
+      }
       if (!pick) break;
       Job* job = pick->job.get();
       const std::size_t i = pick->index;
+      // A range of an object whose server ignores Range waits for that object's stream.
+      if (job->ranges[i].length > 0 && QueueOnStream(job, i)) continue;
+      (void)orphan;
       if (job->ranges[i].length == 0) {
         if (auto st = job->cb.done(i, nullptr, 0); !st.ok()) job->Fail(std::move(st).error());
         Completed(job);
@@ -634,6 +940,7 @@ void Transport::Worker(unsigned index) {
       t->index = i;
       t->dest = dest;
       t->first_attempt = Clock::now();
+      ClaimStreamIfIgnored(t.get());
       start(std::move(t));
     }
     int running = 0;
@@ -664,9 +971,20 @@ void Transport::Worker(unsigned index) {
       active.erase(it);
       Job* job = t->job;
       auto err = Evaluate(t.get(), res);
+      if (!err && !t->via_effective_url) RememberRedirect(t.get());
+      if (err && t->via_effective_url && !t->fatal_is_sink) {
+        // The cached target stopped working (a signed URL expired, the CDN node went away):
+        // forget it and ask the origin again at once; only the origin's answer counts.
+        ForgetRedirect(t.get());
+        t->bypass_effective_url = true;
+        t->easy.reset();
+        t->retry_at = Clock::now();
+        waiting.push_front(std::move(t));
+        continue;
+      }
       if (!err) {
         if (auto st = job->cb.done(t->index, t->dest, t->crc); !st.ok()) job->Fail(std::move(st).error());
-        retire(std::move(t));
+        retire(std::move(t));  // an object's stream hands its waiting ranges to `orphans`
         Completed(job);
         continue;
       }
@@ -696,6 +1014,8 @@ void Transport::Worker(unsigned index) {
   std::lock_guard lk(mu_);
   multis_.erase(std::remove(multis_.begin(), multis_.end(), multi.get()), multis_.end());
 }
+
+void RangeCompleted(Job* job) { job->transport->RangeDone(job); }
 
 void Job::Wake() {
   if (transport) transport->Wake(this);
@@ -788,6 +1108,7 @@ Result<std::shared_ptr<FetchJob>> RangeFetcher::Start(std::span<const RemoteObje
     return MakeError(Errc::kInvalidArgument, "fetch needs an acquire or a sink callback");
   auto job = std::make_shared<Job>(options_.retry);
   job->objects = objects;
+  job->object_state = std::make_unique<ObjectState[]>(objects.size());
   job->ranges = ranges;
   job->cb = std::move(callbacks);
   job->opt = options_;
@@ -839,3 +1160,4 @@ std::vector<FetchRange> ChunkObjects(std::span<const RemoteObject> objects, std:
 }
 
 }  // namespace coldstart::fetch
+

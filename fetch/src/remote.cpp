@@ -9,6 +9,8 @@
 
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/relative_path.h"
+#include "coldstart/fetch/content_range.h"
+#include "coldstart/fetch/gcs_json.h"
 
 namespace coldstart::fetch {
 void LinkEnvFetch();  // fetch_env.cpp
@@ -23,6 +25,31 @@ constexpr const char* kSideFiles[] = {"config.json", "generation_config.json", "
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
 
 std::string ObjectDisplay(const Source& s, const std::string& object) { return "gs://" + s.bucket + "/" + object; }
+
+bool IsSafetensorsUrl(const std::string& url) {
+  const std::string path = url.substr(0, url.find_first_of("?#"));
+  return path.size() > 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0;
+}
+
+// What names of an http(s) source resolve against: a .safetensors URL's own folder (JoinUrl
+// replaces its last segment), else the URL taken as a folder, with a '/' added when missing.
+std::string HttpFolderUrl(const std::string& url) {
+  if (IsSafetensorsUrl(url)) return url;
+  std::string path = url.substr(0, url.find_first_of("?#"));
+  if (path.empty() || path.back() != '/') path += '/';
+  return path;
+}
+
+// For 401/403: what to check. GCS: the identity and its role; a plain URL: the URL itself.
+std::string PermissionHint(const Source& source, const std::string& credentials, bool token_given) {
+  if (source.kind == SourceKind::kGcs)
+    return " (credentials used: " + credentials +
+           "; check that this identity can read the bucket: roles/storage.objectViewer)";
+  return std::string(" (the server refused this URL") +
+         (token_given ? " with the --access-token sent as a bearer token" : "") +
+         ": if it is a signed URL, it may have expired; if the server needs credentials, pass them "
+         "with --header 'Authorization: ...')";
+}
 
 }  // namespace
 
@@ -50,10 +77,12 @@ Result<std::shared_ptr<RemoteSession>> RemoteSession::Open(const Source& source,
     CS_ASSIGN_OR_RETURN(s->endpoint_, ResolveGcsEndpoint(options.endpoint, env));
     AuthOptions a = options.auth;
     a.emulator = a.emulator || s->endpoint_.emulator;
+    a.retry = options.retry;
     CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
   } else if (source.kind == SourceKind::kHttp) {
     // Plain URLs (signed URLs, hubs) carry their own authorisation; an explicit token is sent.
     AuthOptions a = options.auth;
+    a.retry = options.retry;
     if (a.access_token.empty()) a.anonymous = true;
     CS_ASSIGN_OR_RETURN(s->creds_, ResolveCredentials(a, env, options.http));
   } else {
@@ -81,16 +110,14 @@ Result<std::string> RemoteSession::AuthHeader() {
 
 Error RemoteSession::Annotate(Error e) const {
   if (e.http_status == 401 || e.http_status == 403)
-    e.message += " (credentials used: " + DescribeCredentials() +
-                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+    e.message += PermissionHint(source_, DescribeCredentials(), !options_.auth.access_token.empty());
   return e;
 }
 
 Error RemoteSession::DescribeHttpError(long status, const std::string& what, const std::string& body) {
   Error e = HttpError(status, what, body);
   if (status == 401 || status == 403)
-    e.message += " (credentials used: " + DescribeCredentials() +
-                 "; check that this identity can read the bucket: roles/storage.objectViewer)";
+    e.message += PermissionHint(source_, DescribeCredentials(), !options_.auth.access_token.empty());
   if (status == 404 && source_.kind == SourceKind::kGcs)
     e.message += " (check the bucket and object names)";
   return e;
@@ -127,22 +154,15 @@ Result<RemoteFile> RemoteSession::StatGcsObject(const std::string& object, const
   req.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(object) +
             "?fields=name,size,generation,crc32c,md5Hash";
   CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, ObjectDisplay(source_, object)));
-  nlohmann::json j = nlohmann::json::parse(resp.body, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object() || !j.contains("size") || !j.contains("generation"))
-    return MakeError(Errc::kFormat, ObjectDisplay(source_, object) + ": metadata response lacks size/generation");
+  CS_ASSIGN_OR_RETURN(GcsObjectMeta m,
+                      ParseGcsObject(resp.body, ObjectDisplay(source_, object) + " (GET " + RedactUrl(req.url) + ")"));
   RemoteFile f;
   f.name = name;
   f.object.display = ObjectDisplay(source_, object);
-  auto num = [](const nlohmann::json& v) -> std::uint64_t {
-    return v.is_string() ? std::strtoull(v.get<std::string>().c_str(), nullptr, 10) : v.get<std::uint64_t>();
-  };
-  f.object.size = num(j["size"]);
-  f.object.generation = static_cast<std::int64_t>(num(j["generation"]));
-  if (j.contains("crc32c") && j["crc32c"].is_string()) {
-    CS_ASSIGN_OR_RETURN(auto crc, Crc32cFromBase64(j["crc32c"].get<std::string>()));
-    f.crc32c = crc;
-  }
-  if (j.contains("md5Hash") && j["md5Hash"].is_string()) f.md5_base64 = j["md5Hash"].get<std::string>();
+  f.object.size = m.size;
+  f.object.generation = m.generation;
+  f.crc32c = m.crc32c;
+  f.md5_base64 = std::move(m.md5_base64);
   // Pinning the generation: an overwrite mid-download answers 412 instead of mixing versions.
   f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(object) +
                  "?alt=media&ifGenerationMatch=" + std::to_string(f.object.generation);
@@ -160,32 +180,26 @@ Result<std::vector<RemoteFile>> RemoteSession::ListGcs() {
               "&maxResults=" + std::to_string(options_.list_page_size) + "&fields=items(name,size,generation,crc32c,md5Hash),nextPageToken" +
               (page_token.empty() ? "" : "&pageToken=" + UrlEncode(page_token));
     CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, "gs://" + source_.bucket + "/" + prefix));
-    nlohmann::json j = nlohmann::json::parse(resp.body, nullptr, false);
-    if (!j.is_object()) return MakeError(Errc::kFormat, "gs://" + source_.bucket + ": listing response is not JSON");
-    if (j.contains("items")) {
-      for (const auto& it : j["items"]) {
-        const std::string name = it.value("name", "");
-        if (name.size() <= prefix.size() || name.back() == '/') continue;  // folder placeholders
-        RemoteFile f;
-        f.name = name.substr(prefix.size());
-        CS_RETURN_IF_ERROR(CheckDestinationName(f.name));
-        f.object.display = ObjectDisplay(source_, name);
-        auto num = [](const nlohmann::json& v) -> std::uint64_t {
-          return v.is_string() ? std::strtoull(v.get<std::string>().c_str(), nullptr, 10) : v.get<std::uint64_t>();
-        };
-        f.object.size = num(it.at("size"));
-        f.object.generation = static_cast<std::int64_t>(num(it.at("generation")));
-        if (it.contains("crc32c")) {
-          CS_ASSIGN_OR_RETURN(auto crc, Crc32cFromBase64(it["crc32c"].get<std::string>()));
-          f.crc32c = crc;
-        }
-        if (it.contains("md5Hash")) f.md5_base64 = it["md5Hash"].get<std::string>();
-        f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(name) +
-                       "?alt=media&ifGenerationMatch=" + std::to_string(f.object.generation);
-        out.push_back(std::move(f));
-      }
+    CS_ASSIGN_OR_RETURN(GcsListPage page,
+                        ParseGcsListPage(resp.body, "gs://" + source_.bucket + "/" + prefix + " (GET " + RedactUrl(req.url) + ")"));
+    for (auto& it : page.items) {
+      if (it.name.size() <= prefix.size() || it.name.compare(0, prefix.size(), prefix) != 0 || it.name.back() == '/')
+        continue;  // folder placeholders (and names outside the prefix, which GCS never sends)
+      RemoteFile f;
+      f.name = it.name.substr(prefix.size());
+      CS_RETURN_IF_ERROR(CheckDestinationName(f.name));
+      f.object.display = ObjectDisplay(source_, it.name);
+      f.object.size = it.size;
+      f.object.generation = it.generation;
+      f.crc32c = it.crc32c;
+      f.md5_base64 = std::move(it.md5_base64);
+      f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(it.name) +
+                     "?alt=media&ifGenerationMatch=" + std::to_string(f.object.generation);
+      out.push_back(std::move(f));
     }
-    page_token = j.contains("nextPageToken") && j["nextPageToken"].is_string() ? j["nextPageToken"].get<std::string>() : "";
+    if (!page.next_page_token.empty() && page.next_page_token == page_token)
+      return MakeError(Errc::kFormat, "gs://" + source_.bucket + "/" + prefix + ": listing returned the same nextPageToken twice");
+    page_token = std::move(page.next_page_token);
   } while (!page_token.empty());
   if (out.empty() && !source_.object.empty() && source_.object.back() != '/') {
     // Not a folder: maybe a single object.
@@ -204,23 +218,29 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
   HttpRequest req;
   req.url = url;
   req.headers.push_back("Range: bytes=0-0");
-  req.follow_redirects = true;
   CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, RedactUrl(url)));
   RemoteFile f;
   f.name = name;
   f.object.display = RedactUrl(url);
   f.object.url = url;
-  std::string cr = resp.Header("content-range");
-  auto slash = cr.rfind('/');
-  if (resp.status == 206 && slash != std::string::npos && cr.substr(slash + 1) != "*") {
-    f.object.size = std::strtoull(cr.c_str() + slash + 1, nullptr, 10);
+  const std::string cr = resp.Header("content-range");
+  if (resp.status == 206) {
+    auto range = ParseContentRange(cr);
+    if (!range || range->unsatisfied || !range->size)
+      return MakeError(cr.empty() ? Errc::kHttp : Errc::kFormat,
+                       RedactUrl(url) + ": server did not report the size (" +
+                           (cr.empty() ? std::string("no Content-Range") : "malformed Content-Range '" + cr.substr(0, 80) + "'") + ")");
+    f.object.size = *range->size;
   } else if (resp.status == 200) {
     f.object.size = resp.body.size();  // the server ignored Range and sent it all (small file)
   } else {
     return MakeError(Errc::kHttp, RedactUrl(url) + ": server did not report the size (no Content-Range)");
   }
-  std::string g = resp.Header("x-goog-generation");
-  if (!g.empty()) f.object.generation = std::strtoll(g.c_str(), nullptr, 10);
+  if (std::string g = resp.Header("x-goog-generation"); !g.empty()) {
+    auto gen = ParseGeneration(g);
+    if (!gen) return MakeError(Errc::kFormat, RedactUrl(url) + ": malformed x-goog-generation '" + g.substr(0, 40) + "'");
+    f.object.generation = *gen;
+  }
   std::string hash = resp.Header("x-goog-hash");  // crc32c=...,md5=...
   for (std::size_t p = 0; p < hash.size();) {
     std::size_t e = hash.find(',', p);
@@ -229,8 +249,12 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
     while (!kv.empty() && kv.front() == ' ') kv.erase(0, 1);
     if (kv.rfind("crc32c=", 0) == 0) {
       auto crc = Crc32cFromBase64(kv.substr(7));
-      if (crc.ok()) f.crc32c = *crc;
+      if (!crc.ok()) return MakeError(Errc::kFormat, RedactUrl(url) + ": x-goog-hash crc32c is not 4 base64-encoded bytes");
+      f.crc32c = *crc;
     } else if (kv.rfind("md5=", 0) == 0) {
+      auto md5 = Base64Decode(kv.substr(4));
+      if (!md5.ok() || md5->size() != 16)
+        return MakeError(Errc::kFormat, RedactUrl(url) + ": x-goog-hash md5 is not 16 base64-encoded bytes");
       f.md5_base64 = kv.substr(4);
     }
     p = e + 1;
@@ -239,13 +263,17 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
 }
 
 Result<std::vector<RemoteFile>> RemoteSession::ListHttp() {
-  const std::string& url = source_.url;
-  std::string path = url.substr(0, url.find('?'));
-  if (path.size() > 12 && path.substr(path.size() - 12) == ".safetensors") {
+  const std::string path = source_.url.substr(0, source_.url.find_first_of("?#"));
+  if (IsSafetensorsUrl(source_.url)) {
     std::string name = path.substr(path.rfind('/') + 1);
-    CS_ASSIGN_OR_RETURN(auto f, StatHttp(url, name));
+    CS_ASSIGN_OR_RETURN(auto f, StatHttp(source_.url, name));
     return std::vector<RemoteFile>{std::move(f)};
   }
+  // Anything else is a folder: "https://host/models/gemma" means ".../gemma/", not its parent
+  // (which JoinUrl would resolve names against). A query string of a folder URL names no file.
+  const std::string url = HttpFolderUrl(source_.url);
+  const std::string how = path.back() == '/' ? std::string() : " (read as the folder " + RedactUrl(url) +
+                                                                   " since it does not end in .safetensors)";
   std::vector<RemoteFile> out;
   std::set<std::string> names;
   auto index = StatHttp(JoinUrl(url, "model.safetensors.index.json"), "model.safetensors.index.json");
@@ -260,9 +288,24 @@ Result<std::vector<RemoteFile>> RemoteSession::ListHttp() {
     }
     out.push_back(std::move(index).value());
   } else if (index.error().code == Errc::kNotFound) {
-    names.insert("model.safetensors");
+    auto single = StatHttp(JoinUrl(url, "model.safetensors"), "model.safetensors");
+    if (single.ok()) out.push_back(std::move(single).value());
+    if (!single.ok() && single.error().code == Errc::kNotFound) {
+      if (path.back() != '/') {
+        // Neither file under it: maybe the URL is a file after all (config.json, a .bin).
+        auto self = StatHttp(source_.url, path.substr(path.rfind('/') + 1));
+        if (self.ok())
+          return MakeError(Errc::kInvalidArgument,
+                           RedactUrl(source_.url) + " is not a .safetensors file or a folder of them "
+                           "(give the folder URL, ending in '/', or a .safetensors file)");
+      }
+      return MakeError(Errc::kNotFound, RedactUrl(url) + ": no model.safetensors.index.json or model.safetensors in this folder" + how);
+    }
+    if (!single.ok()) return std::move(single).error();
   } else {
-    return std::move(index).error();
+    Error e = std::move(index).error();
+    e.message += how;
+    return e;
   }
   for (const auto& n : names) {
     CS_RETURN_IF_ERROR(CheckDestinationName(n));
@@ -287,7 +330,7 @@ Result<RemoteFile> RemoteSession::Stat(const std::string& name) {
     if (!prefix.empty() && prefix.back() != '/') prefix += '/';
     return StatGcsObject(prefix + name, name);
   }
-  return StatHttp(JoinUrl(source_.url, name), name);
+  return StatHttp(JoinUrl(HttpFolderUrl(source_.url), name), name);
 }
 
 Result<std::string> RemoteSession::GetSmall(const RemoteFile& f, std::uint64_t max_bytes) {
@@ -296,7 +339,6 @@ Result<std::string> RemoteSession::GetSmall(const RemoteFile& f, std::uint64_t m
                                         std::to_string(max_bytes) + " expected of it");
   HttpRequest req;
   req.url = f.object.url;
-  req.follow_redirects = source_.kind == SourceKind::kHttp;
   CS_ASSIGN_OR_RETURN(auto resp, SendWithRetry(req, f.object.display));
   return resp.body;
 }

@@ -59,6 +59,8 @@ Status RetryOptions::ApplyEnv(const Env& env) {
   CS_RETURN_IF_ERROR(SecondsOption(env, "COLDSTART_RETRY_MAX_BACKOFF", &max_backoff_s));
   CS_RETURN_IF_ERROR(SecondsOption(env, "COLDSTART_RETRY_DEADLINE", &deadline_s));
   CS_RETURN_IF_ERROR(SecondsOption(env, "COLDSTART_STALL_TIMEOUT", &stall_timeout_s));
+  CS_ASSIGN_OR_RETURN(auto rate, env.GetBytes("COLDSTART_STALL_MIN_RATE"));
+  if (rate) stall_min_bytes_per_second = *rate;
   return Validate();
 }
 
@@ -74,6 +76,8 @@ Status RetryOptions::Validate() const {
     return bad("retry backoff multiplier must be at least 1");
   if (!(deadline_s > 0)) return bad("retry deadline must be above 0 s");
   if (!(stall_timeout_s > 0)) return bad("stall timeout must be above 0 s");
+  if (stall_min_bytes_per_second < 1 || stall_min_bytes_per_second > (1ull << 30))
+    return bad("stall minimum rate " + std::to_string(stall_min_bytes_per_second) + " B/s is outside 1 B/s .. 1 GiB/s");
   return OkStatus();
 }
 

@@ -97,6 +97,8 @@ class FakeGoogle {
   std::atomic<bool> flavor{true};        // metadata answers carry Metadata-Flavor: Google
   std::atomic<bool> no_sa{false};        // metadata server has no default service account
   std::atomic<int> metadata_status{0};   // metadata server answers with this status
+  std::atomic<int> metadata_fail_next{0};  // > 0: only that many metadata answers use metadata_status
+  std::atomic<int> fail_next{0};           // > 0: only that many token answers use fail_status
   std::atomic<bool> saw_storage_header{false};
 
   FakeGoogle() {
@@ -140,6 +142,7 @@ class FakeGoogle {
       return false;
     }
     if (int st = metadata_status.load()) {
+      if (metadata_fail_next.load() > 0 && --metadata_fail_next == 0) metadata_status = 0;
       res.status = st;
       res.set_content("backend error", "text/plain");
       return false;
@@ -159,6 +162,7 @@ class FakeGoogle {
       Problem("token request Content-Type " + req.get_header_value("Content-Type"));
     if (req.get_header_value("User-Agent").rfind("coldstart/", 0) != 0) Problem("user agent");
     if (int st = fail_status.load()) {
+      if (fail_next.load() > 0 && --fail_next == 0) fail_status = 0;
       res.status = st;
       res.set_content(R"({"error": "invalid_grant", "error_description": "Bad Request"})", "application/json");
       return;
@@ -237,9 +241,17 @@ class AuthTest : public ::testing::Test {
     return path;
   }
 
+  // Retries as in production but with millisecond backoffs, so failing tests stay fast.
+  static AuthOptions Fast(AuthOptions o = {}) {
+    o.retry.max_attempts = 3;
+    o.retry.initial_backoff_s = 0.001;
+    o.retry.max_backoff_s = 0.002;
+    return o;
+  }
+
   std::shared_ptr<Credentials> Resolve(const AuthOptions& o, std::map<std::string, std::string> env) {
     if (!env.count("GCE_METADATA_HOST") && !env.count("COLDSTART_METADATA")) env["COLDSTART_METADATA"] = "off";
-    auto c = ResolveCredentials(o, Env::FromMap(env), Http());
+    auto c = ResolveCredentials(Fast(o), Env::FromMap(env), Http());
     EXPECT_TRUE(c.ok()) << c.error().message;
     return c.ok() ? *c : nullptr;
   }
@@ -355,25 +367,70 @@ TEST_F(AuthTest, TokenIsCachedAcrossThreads) {
   EXPECT_EQ(google_.token_requests.load(), 1);
 }
 
-TEST_F(AuthTest, RefreshesNearExpiryAndKeepsValidTokenOnFailure) {
-  google_.expires_in = 10;  // inside the 5-minute refresh margin: every call refreshes
+// A 4 s token is refreshed by the background thread at half its life; callers get the cached
+// token from memory meanwhile (no request of their own), and the new one once it arrives.
+TEST_F(AuthTest, RefreshesInTheBackgroundBeforeExpiry) {
+  google_.expires_in = 4;
   auto c = Resolve(AuthOptions{}, {{"GOOGLE_APPLICATION_CREDENTIALS", WriteUser(dir_ / "user.json")}});
   ASSERT_TRUE(c);
   EXPECT_EQ(c->Kind(), "authorized-user");
   EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-1");
-  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-2");
-  EXPECT_EQ(google_.token_requests.load(), 2);
-
-  // The refresh fails, but the cached token has 10 s left: keep using it.
-  google_.fail_status = 500;
-  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-2");
-  EXPECT_EQ(google_.token_requests.load(), 3);
-
-  google_.fail_status = 0;
+  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-1");
+  EXPECT_EQ(google_.token_requests.load(), 1);
   google_.expires_in = 3600;
-  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-4");
-  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-4");
-  EXPECT_EQ(google_.token_requests.load(), 4);
+  for (int i = 0; i < 400 && google_.token_requests.load() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(google_.token_requests.load(), 2) << "no background refresh within 4 s";
+  // The new token is stored right after the request is answered.
+  std::string h;
+  for (int i = 0; i < 200 && (h = Header(*c)) != "Authorization: Bearer ya29.tok-2"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(h, "Authorization: Bearer ya29.tok-2");
+  EXPECT_EQ(google_.token_requests.load(), 2);
+}
+
+// The background refresh fails (the policy gives up): the cached token is still handed out
+// while it is valid, and destroying the credentials stops the thread promptly.
+TEST_F(AuthTest, FailedBackgroundRefreshKeepsTheValidTokenAndStopsOnDestruction) {
+  google_.expires_in = 2;
+  auto c = Resolve(AuthOptions{}, {{"GOOGLE_APPLICATION_CREDENTIALS", WriteUser(dir_ / "user.json")}});
+  ASSERT_TRUE(c);
+  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-1");
+  google_.fail_status = 500;
+  for (int i = 0; i < 300 && google_.token_requests.load() < 4; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GE(google_.token_requests.load(), 4) << "1 + 3 attempts of the background refresh";
+  auto h = c->AuthorizationHeader();
+  if (h.ok()) {
+    EXPECT_EQ(*h, "Authorization: Bearer ya29.tok-1");  // valid until 2 s
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  c.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+}
+
+// One 503 (or a reset) from the token endpoint is retried, not a failed load.
+TEST_F(AuthTest, TokenRequestsAreRetried) {
+  auto c = Resolve(AuthOptions{}, {{"GOOGLE_APPLICATION_CREDENTIALS", WriteSa(dir_ / "sa.json")}});
+  ASSERT_TRUE(c);
+  google_.fail_next = 2;
+  google_.fail_status = 503;
+  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.tok-3");
+  EXPECT_EQ(google_.token_requests.load(), 3);
+}
+
+// One 503 from the metadata server, at the probe and at the token request, does not fail.
+TEST_F(AuthTest, MetadataServer503IsRetried) {
+  google_.metadata_fail_next = 1;
+  google_.metadata_status = 503;
+  auto c = Resolve(AuthOptions{}, {{"GCE_METADATA_HOST", google_.host()}});
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->Kind(), "metadata-server");
+  EXPECT_EQ(google_.metadata_email_requests.load(), 2);
+  google_.metadata_fail_next = 1;
+  google_.metadata_status = 503;
+  EXPECT_EQ(Header(*c), "Authorization: Bearer ya29.meta-2");
+  EXPECT_EQ(google_.metadata_token_requests.load(), 2);
 }
 
 TEST_F(AuthTest, ExpiredTokenAndFailedRefreshIsAnError) {
@@ -454,7 +511,7 @@ TEST_F(AuthTest, MetadataServerAbsentOrImpostorMeansAnonymous) {
 
   // A metadata server that is there but failing is an error, not a silent anonymous.
   google_.metadata_status = 503;
-  auto failing = ResolveCredentials(AuthOptions{}, Env::FromMap({{"GCE_METADATA_HOST", google_.host()}}), Http());
+  auto failing = ResolveCredentials(Fast(), Env::FromMap({{"GCE_METADATA_HOST", google_.host()}}), Http());
   ASSERT_FALSE(failing.ok());
   EXPECT_EQ(failing.error().http_status, 503);
   EXPECT_TRUE(Contains(failing.error().message, "COLDSTART_METADATA=off")) << failing.error().message;

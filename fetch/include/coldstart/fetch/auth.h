@@ -24,6 +24,7 @@
 
 #include "coldstart/core/env.h"
 #include "coldstart/fetch/http.h"
+#include "coldstart/fetch/retry.h"
 #include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
@@ -37,6 +38,8 @@ struct AuthOptions {
   std::string access_token;  // --access-token, else COLDSTART_ACCESS_TOKEN
   bool anonymous = false;    // --anonymous: send no credentials at all (wins over a token)
   bool emulator = false;     // endpoint is an emulator: anonymous unless a token is given
+  // Token and metadata-server requests are retried like data (RemoteSession passes its own).
+  RetryOptions retry;
 
   // Fills access_token from COLDSTART_ACCESS_TOKEN when no flag set it. The other variables
   // (GOOGLE_APPLICATION_CREDENTIALS, CLOUDSDK_CONFIG, HOME, GCE_METADATA_HOST,
@@ -44,14 +47,17 @@ struct AuthOptions {
   Status ApplyEnv(const Env& env);
 };
 
-// Thread-safe: many loader threads may ask for the header at once; one of them refreshes
-// while the others wait for the new token.
+// Thread-safe: many loader threads may ask for the header at once. The first token is fetched
+// by the first caller (the others wait for it); later tokens are fetched by a background thread
+// ahead of expiry, so the header is returned from memory without network I/O while a token is
+// valid. The thread is joined on destruction.
 class Credentials {
  public:
   virtual ~Credentials() = default;
-  // "Authorization: Bearer ..." or "" for anonymous. The token is cached and refreshed when
-  // it is less than 5 minutes from expiry; if a refresh fails while the cached token is still
-  // valid, the cached token is returned.
+  // "Authorization: Bearer ..." or "" for anonymous. The token is cached and refreshed in the
+  // background 5 minutes before expiry (at half its life when it lives under 10 minutes);
+  // token requests are retried under AuthOptions::retry. While the cached token is valid it is
+  // returned even if a background refresh failed; once it has expired, the caller fetches.
   virtual Result<std::string> AuthorizationHeader() = 0;
   // For people: where the credentials came from, e.g.
   // "service account key /path/key.json (sa@p.iam.gserviceaccount.com)". Never a secret.
@@ -76,6 +82,7 @@ Result<std::shared_ptr<Credentials>> ResolveCredentials(const AuthOptions& o, co
 // "gcloud-adc" for gcloud's file); empty = by type.
 Result<std::shared_ptr<Credentials>> LoadCredentialsFile(const std::string& path,
                                                          const HttpOptions& http,
-                                                         std::string_view kind = {});
+                                                         std::string_view kind = {},
+                                                         const RetryOptions& retry = {});
 
 }  // namespace coldstart::fetch

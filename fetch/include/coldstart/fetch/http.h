@@ -32,7 +32,10 @@ struct HttpRequest {
   std::string url;                   // http:// or https:// only
   std::vector<std::string> headers;  // "K: V", after HttpOptions::extra_headers
   std::string body;                  // sent when non-empty (and always for POST)
-  bool follow_redirects = false;     // curl drops Authorization on a cross-host redirect
+  // Follow up to 10 redirects (http/https only). curl drops Authorization and Cookie when a
+  // redirect changes host or port (no CURLOPT_UNRESTRICTED_AUTH); a 301/302 to a POST is
+  // re-sent as a GET, as browsers do.
+  bool follow_redirects = true;
 };
 
 struct HttpResponse {

@@ -9,7 +9,10 @@
 // buffer straight to the destination the caller hands out per range: no intermediate copy.
 //
 // Per range: the server's answer is placed by its Content-Range (a 200 with the whole object,
-// or a 206 that starts elsewhere, never misplaces bytes); a generation header that differs from
+// or a 206 that starts elsewhere, never misplaces bytes); once a server answers a partial Range
+// with the whole body, that object's later ranges are served in order from one such stream
+// (see ObjectState in range_fetcher.cpp) instead of one full download each; redirects are
+// followed and the final URL reused for the object's later ranges; a generation header that differs from
 // the pinned one is an integrity error; failures retryable under RetryPolicy (408/429/5xx,
 // resets, cut bodies, stalls) resume from the last byte received; the CRC32C of each range is
 // computed as its bytes arrive, so callers can verify whole objects with Crc32cCombine.
@@ -89,6 +92,10 @@ struct FetchCallbacks {
   std::function<Result<std::string>()> auth_header;
   // On the thread in FetchJob::Wait() about every 100 ms with bytes delivered; false cancels.
   std::function<bool(std::uint64_t bytes)> progress;
+  // Something the user should know that does not stop the fetch ("HOST ignores Range
+  // requests; downloading OBJECT as one stream"). Called on a fetch thread; unset = one
+  // "coldstart: warning: ..." line on stderr.
+  std::function<void(const std::string& message)> warning;
 };
 
 enum class FetchPriority {

@@ -13,6 +13,7 @@
 // the next attempt would start later than `deadline_s` after the first one.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 
@@ -30,6 +31,12 @@ struct RetryOptions {
                                    // time since the first
   double stall_timeout_s = 20;     // COLDSTART_STALL_TIMEOUT: no bytes for this long = stalled
                                    // transfer (enforced by the engine, not by RetryPolicy)
+  // COLDSTART_STALL_MIN_RATE: a transfer averaging fewer bytes per second than this over
+  // stall_timeout_s is stalled too, so a server that trickles a byte a second is abandoned
+  // and retried instead of holding a connection for hours. 16 KiB/s: a healthy GCS stream
+  // moves tens of MB/s, and even 32 connections sharing a 10 Mbit/s link get ~40 KB/s each;
+  // below it a 16 MiB range would take over 17 minutes, worse than a fresh connection.
+  std::uint64_t stall_min_bytes_per_second = 16u << 10;
 
   // Overrides fields from COLDSTART_RETRY_* / COLDSTART_STALL_TIMEOUT; fails on malformed
   // values and then on Validate().
