@@ -10,6 +10,7 @@
 #include <mutex>
 #include <regex>
 
+#include "coldstart/cache/memory.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/fetch/range_fetcher.h"
 
@@ -27,10 +28,7 @@ constexpr std::uint64_t kPage = 4096;
 
 double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-std::uint64_t AvailableMemory() {
-  long pages = ::sysconf(_SC_AVPHYS_PAGES), size = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && size > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(size) : (4ull << 30);
-}
+std::uint64_t AvailableMemory() { return cache::AvailableMemoryBytes(); }  // the cgroup limit in a container
 
 // The part of one tensor that lies inside one chunk.
 struct Piece {
@@ -327,8 +325,9 @@ class DevicePipeline {
   Status RunLocal() {
     const ModelLayout& m = model_->layout_;
     std::vector<std::string> paths;
-    for (const auto& f : m.files) paths.push_back(f.path);
-    CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, o_.read.direct));
+    std::vector<FileIdentity> seen;  // when the headers were read
+    for (const auto& f : m.files) paths.push_back(f.path), seen.push_back(f.identity);
+    CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, o_.read.direct, seen));
     for (std::size_t i = 0; i < m.files.size(); ++i)
       if (files.file(i).size != m.files[i].size)
         return MakeError(Errc::kIntegrity, m.files[i].path + ": file changed size since its header was read");
@@ -364,7 +363,8 @@ class DevicePipeline {
       }
       if (!Progress(done_bytes)) break;
     }
-    return OkStatus();
+    if (stop_) return OkStatus();
+    return files.CheckUnchanged();  // a rewrite during the reads mixes old and new bytes
   }
 
   Status RunRemote(RemoteModel& rm) {

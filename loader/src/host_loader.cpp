@@ -49,21 +49,43 @@ Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoad
   const auto t0 = std::chrono::steady_clock::now();
   auto model = std::make_shared<HostModel>();
   model->layout_ = std::move(layout);
+  if (options.filter) {
+    auto& ts = model->layout_.tensors;
+    std::erase_if(ts, [&](const TensorEntry& t) { return !options.filter(t.name); });
+    if (ts.empty()) return MakeError(Errc::kNotFound, model->layout_.source + ": no tensor matches the filter");
+    model->layout_.total_bytes = 0;
+    for (const auto& t : ts) model->layout_.total_bytes += t.nbytes;
+  }
   const ModelLayout& m = model->layout_;
 
   std::uint64_t arena_bytes = 0;
   const std::vector<std::uint64_t> file_pos = HostModel::PlaceFiles(m, &arena_bytes);
-  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, options.arena));
+  cache::HostArenaOptions arena = options.arena;
+  if (options.filter) arena.resident_bytes = m.total_bytes;  // only the selected tensors are written
+  CS_ASSIGN_OR_RETURN(model->arena_, cache::HostArena::Allocate(arena_bytes, arena));
 
   std::vector<std::string> paths;
+  std::vector<FileIdentity> seen;  // when the headers were read
   std::vector<fetch::ReadRange> ranges;
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     paths.push_back(m.files[i].path);
+    seen.push_back(m.files[i].identity);
     const auto& h = m.files[i].header;
-    ranges.push_back({static_cast<std::uint32_t>(i), h.data_start(), h.data_bytes,
-                      model->arena_.data() + file_pos[i]});
+    if (!options.filter)
+      ranges.push_back({static_cast<std::uint32_t>(i), h.data_start(), h.data_bytes,
+                        model->arena_.data() + file_pos[i]});
   }
-  CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, options.read.direct));
+  // Filtered: one range per run of adjacent selected tensors, at their places in the arena.
+  for (const auto& t : options.filter ? m.tensors : std::vector<TensorEntry>{}) {
+    if (t.nbytes == 0) continue;
+    if (!ranges.empty() && ranges.back().file == t.file && ranges.back().offset + ranges.back().length == t.offset) {
+      ranges.back().length += t.nbytes;
+      continue;
+    }
+    ranges.push_back({t.file, t.offset, t.nbytes,
+                      model->arena_.data() + file_pos[t.file] + (t.offset - m.files[t.file].header.data_start())});
+  }
+  CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, options.read.direct, seen));
   // The layout was made from headers read earlier; a file that changed size since would
   // put bytes in the wrong places.
   for (std::size_t i = 0; i < m.files.size(); ++i) {
@@ -79,6 +101,7 @@ Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoad
     progress = [&options, total](std::uint64_t done) { return options.progress(std::min(done, total), total); };
   }
   CS_RETURN_IF_ERROR(reader->Read(files, ranges, progress, &model->stats_.read));
+  CS_RETURN_IF_ERROR(files.CheckUnchanged());  // a rewrite during the reads mixes old and new bytes
 
   model->SliceTensors(file_pos);
   model->stats_.bytes = model->stats_.read.bytes;
