@@ -151,6 +151,8 @@ Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
 
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats) {
+  if (options.filter)  // refused, not ignored: the whole-object CRC32C needs every byte
+    return MakeError(Errc::kInvalidArgument, "a tensor filter applies to local host loads only (remote: a device load)");
   const auto t0 = std::chrono::steady_clock::now();
   auto model = std::make_shared<HostModel>();
   model->layout_ = std::move(rm.layout);
