@@ -2,9 +2,11 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
 
+#include "coldstart/cache/memory.h"
 #include "coldstart/core/env.h"
 
 namespace coldstart::cache {
@@ -12,6 +14,10 @@ namespace coldstart::cache {
 Result<HostArena> HostArena::Allocate(std::uint64_t bytes, const HostArenaOptions& options) {
   HostArena a;
   if (bytes == 0) return a;
+  const std::uint64_t resident = options.resident_bytes ? std::min(options.resident_bytes, bytes) : bytes;
+  if (const MemoryAvailability avail = ProbeAvailableMemory(options.probe); resident > avail.bytes)
+    return MakeError(Errc::kResourceExhausted, "the model needs " + FormatBytes(static_cast<double>(resident)) +
+                                                   " of host memory but only " + avail.ToString());
   std::uint64_t mapped = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   // Over-map by one alignment unit and trim, so the base is 2 MiB aligned.
   std::uint64_t raw_size = mapped + kAlignment;

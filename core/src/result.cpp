@@ -1,5 +1,6 @@
 #include "coldstart/core/result.h"
 
+#include <cerrno>
 #include <cstring>
 
 namespace coldstart {
@@ -55,5 +56,21 @@ Error MakeSysError(Errc code, std::string message, int err) {
   e.sys_errno = err;
   return e;
 }
+
+Errc ErrcFromErrno(int err) {
+  switch (err) {
+    case ENOENT:
+    case ENOTDIR:
+    case ELOOP: return Errc::kNotFound;
+    case EACCES:
+    case EPERM: return Errc::kPermissionDenied;
+    case ENOSPC:
+    case EDQUOT:
+    case ENOMEM: return Errc::kResourceExhausted;
+    default: return Errc::kIo;
+  }
+}
+
+Error MakePathError(std::string message, int err) { return MakeSysError(ErrcFromErrno(err), std::move(message), err); }
 
 }  // namespace coldstart

@@ -547,19 +547,20 @@ Result<double> PageCacheResidency(int fd, std::uint64_t size) {
   return static_cast<double>(resident) / static_cast<double>(pages);
 }
 
-Result<LocalFileSet> LocalFileSet::Open(std::vector<std::string> paths, DirectIo mode) {
+Result<LocalFileSet> LocalFileSet::Open(std::vector<std::string> paths, DirectIo mode,
+                                        const std::vector<FileIdentity>& expected) {
+  if (!expected.empty() && expected.size() != paths.size())
+    return MakeError(Errc::kInternal, "LocalFileSet::Open: " + std::to_string(expected.size()) +
+                                          " identities for " + std::to_string(paths.size()) + " files");
   LocalFileSet set;
   set.files_.reserve(paths.size());
-  for (auto& path : paths) {
+  for (std::size_t i = 0; i < paths.size(); ++i) {
     File f;
-    f.path = std::move(path);
+    f.path = std::move(paths[i]);
     f.fd = ::open(f.path.c_str(), O_RDONLY | O_CLOEXEC);
     if (f.fd < 0) {
       int err = errno;
-      return MakeSysError(err == ENOENT ? Errc::kNotFound
-                          : err == EACCES ? Errc::kPermissionDenied
-                                          : Errc::kIo,
-                          f.path + ": cannot open", err);
+      return MakePathError(f.path + ": cannot open", err);
     }
     struct stat st {};
     if (::fstat(f.fd, &st) != 0) {
@@ -572,6 +573,12 @@ Result<LocalFileSet> LocalFileSet::Open(std::vector<std::string> paths, DirectIo
       return MakeError(Errc::kInvalidArgument, f.path + ": not a regular file");
     }
     f.size = static_cast<std::uint64_t>(st.st_size);
+    f.identity = FileIdentity::FromStat(st);
+    if (!expected.empty() && expected[i].known() && !(expected[i] == f.identity)) {
+      ::close(f.fd);
+      return MakeError(Errc::kIntegrity, f.path + ": changed while loading (since its header was read: " +
+                                             DescribeFileChange(expected[i], f.identity) + ")");
+    }
     bool want_direct = mode == DirectIo::kOn;
     if (mode == DirectIo::kAuto && f.size >= (4ull << 20)) {
       // A warm page cache serves buffered reads at memory speed; O_DIRECT would go back to
@@ -586,6 +593,24 @@ Result<LocalFileSet> LocalFileSet::Open(std::vector<std::string> paths, DirectIo
     set.files_.push_back(std::move(f));
   }
   return set;
+}
+
+Status LocalFileSet::CheckUnchanged() const {
+  for (const auto& f : files_) {
+    // The path first: a file replaced by a rename also shows a new ctime on the descriptor
+    // (its link count dropped), and "replaced by another file" says more.
+    struct stat st {};
+    if (::stat(f.path.c_str(), &st) != 0)
+      return MakeSysError(Errc::kIntegrity, f.path + ": changed while loading (the path no longer opens)", errno);
+    FileIdentity now = FileIdentity::FromStat(st);
+    if (!(now == f.identity))
+      return MakeError(Errc::kIntegrity, f.path + ": changed while loading (" + DescribeFileChange(f.identity, now) + ")");
+    if (::fstat(f.fd, &st) != 0) return MakePathError(f.path + ": cannot stat", errno);
+    now = FileIdentity::FromStat(st);
+    if (!(now == f.identity))
+      return MakeError(Errc::kIntegrity, f.path + ": changed while loading (" + DescribeFileChange(f.identity, now) + ")");
+  }
+  return OkStatus();
 }
 
 LocalFileSet::LocalFileSet(LocalFileSet&& o) noexcept : files_(std::move(o.files_)) { o.files_.clear(); }

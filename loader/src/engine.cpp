@@ -12,6 +12,7 @@
 #include <map>
 #include <thread>
 
+#include "coldstart/cache/memory.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/core/relative_path.h"
@@ -332,12 +333,9 @@ class StagingPool {
   std::uint64_t reused_ = 0;
 };
 
-std::uint64_t AvailableMemory() {
-  long pages = ::sysconf(_SC_AVPHYS_PAGES), size = ::sysconf(_SC_PAGESIZE);
-  return pages > 0 && size > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(size) : (4ull << 30);
-}
-
-std::uint64_t DefaultStagingBudget() { return std::min<std::uint64_t>(2ull << 30, AvailableMemory() / 8); }
+// 1/8 of the memory this process may still use (the cgroup's limit inside a container, never
+// the host's free memory), at most 2 GiB.
+std::uint64_t DefaultStagingBudget() { return std::min<std::uint64_t>(2ull << 30, cache::AvailableMemoryBytes() / 8); }
 
 // Chunks land in a ring of staging buffers; each filled buffer goes to the copy engine and is
 // reused as soon as its copies are done.
@@ -577,8 +575,12 @@ class LocalSource final : public Source {
 
   Status Run(const Plan& plan, Sink& sink, SourceControl& ctl, SourceStats* stats) override {
     std::vector<std::string> paths;
-    for (const auto& f : m_.files) paths.push_back(f.path);
-    CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, o_.direct));
+    std::vector<FileIdentity> seen;  // when the headers were read: a file changed since is refused
+    for (const auto& f : m_.files) {
+      paths.push_back(f.path);
+      seen.push_back(f.identity);
+    }
+    CS_ASSIGN_OR_RETURN(auto files, fetch::LocalFileSet::Open(paths, o_.direct, seen));
     // The layout was made from headers read earlier; a file that changed size since would
     // put bytes in the wrong places.
     for (std::size_t i = 0; i < m_.files.size(); ++i)
@@ -654,6 +656,8 @@ class LocalSource final : public Source {
     sink.SetSpaceCallback(nullptr);
     stats->bytes = done_bytes;
     if (ctl.timeline) ctl.timeline->Set("fetch");
+    // A file rewritten in place during the reads would mix old and new tensors.
+    if (result.ok()) result = files.CheckUnchanged();
     return result;
   }
 
@@ -816,9 +820,18 @@ class LoadRun final : public LoadHandle {
       device_ = std::make_shared<DeviceModel>();
       device_->layout_ = std::move(layout_mut());
     }
+    if (host && o_.filter) {
+      // The host model holds only the selected tensors (the arena keeps every file's place, but
+      // only their bytes are written).
+      ModelLayout& l = host_->layout_;
+      std::erase_if(l.tensors, [&](const TensorEntry& t) { return !o_.filter(t.name); });
+      if (l.tensors.empty()) return MakeError(Errc::kNotFound, l.source + ": no tensor matches the filter");
+      l.total_bytes = 0;
+      for (const auto& t : l.tensors) l.total_bytes += t.nbytes;
+    }
     const ModelLayout& m = layout();
     PlanOptions po;
-    po.filter = o_.filter;
+    if (!host) po.filter = o_.filter;
     po.order = o_.order;
     po.bf16_conversion = o_.bf16_conversion;
     if (host && o_.bf16_conversion != Conversion::kNone)
@@ -831,7 +844,9 @@ class LoadRun final : public LoadHandle {
       state_ = std::make_unique<LoadState>(m, plan_);
       std::uint64_t arena_bytes = 0;
       auto file_pos = HostModel::PlaceFiles(m, &arena_bytes);
-      CS_ASSIGN_OR_RETURN(host_->arena_, cache::HostArena::Allocate(arena_bytes, o_.arena));
+      cache::HostArenaOptions arena = o_.arena;
+      if (o_.filter) arena.resident_bytes = plan_.source_bytes;  // only the selected tensors are written
+      CS_ASSIGN_OR_RETURN(host_->arena_, cache::HostArena::Allocate(arena_bytes, arena));
       file_pos_ = file_pos;
       sink_ = std::make_unique<HostArenaSink>(m, plan_, *state_, host_->arena_.data(), std::move(file_pos));
     } else {

@@ -53,6 +53,7 @@ Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoad
   o.read = options.read;
   o.arena = options.arena;
   o.progress = options.progress;
+  o.filter = options.filter;
   OpenedModel m;
   m.local = std::move(layout);
   CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -21,16 +22,32 @@ Error FormatError(std::string msg) { return MakeError(Errc::kFormat, std::move(m
 Result<std::string> ReadSmallFile(const std::string& path, std::uint64_t limit) {
   std::error_code ec;
   auto size = fs::file_size(path, ec);
-  if (ec) return MakeError(Errc::kIo, path + ": cannot stat: " + ec.message());
+  if (ec) return MakePathError(path + ": cannot stat", ec.value());
   if (size > limit)
     return FormatError(path + ": " + std::to_string(size) + " bytes is larger than the " +
                        std::to_string(limit) + "-byte limit for this file");
+  errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return MakeError(Errc::kIo, path + ": cannot open");
+  if (!in) return MakePathError(path + ": cannot open", errno ? errno : EIO);
   std::string text(size, '\0');
   in.read(text.data(), static_cast<std::streamsize>(size));
   if (static_cast<std::uint64_t>(in.gcount()) != size) return MakeError(Errc::kIo, path + ": short read");
   return text;
+}
+
+Result<ShardFile> ReadShard(std::string path, std::string name) {
+  ShardFile f;
+  f.path = std::move(path);
+  f.name = std::move(name);
+  CS_ASSIGN_OR_RETURN(f.header, ReadHeaderFile(f.path, &f.identity));
+  f.size = f.header.data_start() + f.header.data_bytes;
+  return f;
+}
+
+// Every std::filesystem call below takes an error_code: a symlink loop, a folder the user may
+// not search or a path that vanishes is an Error naming the path, never a filesystem_error.
+Error PathError(const std::string& what, const std::error_code& ec) {
+  return MakePathError(what, ec.value() ? ec.value() : EIO);
 }
 
 }  // namespace
@@ -131,22 +148,21 @@ Result<ModelLayout> BuildLayout(std::string source, std::vector<ShardFile> files
 Result<ModelLayout> OpenLocalModel(const std::string& path) {
   std::error_code ec;
   auto st = fs::status(path, ec);
-  if (ec || !fs::exists(st)) return MakeError(Errc::kNotFound, path + ": no such file or folder");
+  if (st.type() == fs::file_type::not_found) return MakeError(Errc::kNotFound, path + ": no such file or folder");
+  if (ec) return PathError(path + ": cannot open", ec);
   std::vector<ShardFile> files;
   if (fs::is_regular_file(st)) {
-    ShardFile f;
-    f.path = path;
-    f.name = fs::path(path).filename().string();
-    CS_ASSIGN_OR_RETURN(f.header, ReadHeaderFile(path));
-    f.size = f.header.data_start() + f.header.data_bytes;
+    CS_ASSIGN_OR_RETURN(auto f, ReadShard(path, fs::path(path).filename().string()));
     files.push_back(std::move(f));
     return BuildLayout(path, std::move(files), nullptr);
   }
   if (!fs::is_directory(st)) return MakeError(Errc::kInvalidArgument, path + ": not a file or folder");
   const fs::path root = fs::canonical(path, ec);
-  if (ec) return MakeError(Errc::kIo, path + ": " + ec.message());
+  if (ec) return PathError(path + ": cannot resolve", ec);
   const fs::path index_path = root / kIndexFileName;
-  if (fs::exists(index_path)) {
+  auto index_st = fs::status(index_path, ec);
+  if (ec && index_st.type() != fs::file_type::not_found) return PathError(index_path.string() + ": cannot open", ec);
+  if (fs::exists(index_st)) {
     CS_ASSIGN_OR_RETURN(auto text, ReadSmallFile(index_path.string(), 256ull << 20));
     auto idx = ParseShardIndex(text);
     if (!idx.ok()) return std::move(idx).error().WithContext(index_path.string());
@@ -154,35 +170,43 @@ Result<ModelLayout> OpenLocalModel(const std::string& path) {
       fs::path p = root / name;
       // Symlinks may point anywhere; the resolved file must still live under the folder.
       fs::path real = fs::weakly_canonical(p, ec);
+      if (ec) return PathError(index_path.string() + ": shard '" + name + "' cannot be resolved", ec);
       auto rel = real.lexically_relative(root);
-      if (ec || rel.empty() || *rel.begin() == "..")
+      if (rel.empty() || *rel.begin() == "..")
         return FormatError(index_path.string() + ": shard '" + name + "' resolves outside " + root.string());
-      if (!fs::is_regular_file(real, ec))
+      auto shard_st = fs::status(real, ec);
+      if (shard_st.type() == fs::file_type::not_found)
         return MakeError(Errc::kNotFound, index_path.string() + " names shard '" + name + "', which is missing");
-      ShardFile f;
-      f.path = real.string();
-      f.name = name;
-      CS_ASSIGN_OR_RETURN(f.header, ReadHeaderFile(f.path));
-      f.size = f.header.data_start() + f.header.data_bytes;
+      if (ec) return PathError(p.string() + ": cannot open", ec);
+      if (!fs::is_regular_file(shard_st))
+        return MakeError(Errc::kInvalidArgument, p.string() + ": not a regular file (shard '" + name + "' of the index)");
+      CS_ASSIGN_OR_RETURN(auto f, ReadShard(real.string(), name));
       files.push_back(std::move(f));
     }
     return BuildLayout(path, std::move(files), &*idx);
   }
   std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(root, ec)) {
-    if (entry.path().extension() == ".safetensors" && entry.is_regular_file())
-      names.push_back(entry.path().filename().string());
+  fs::directory_iterator it(root, ec);
+  if (ec) return PathError(path + ": cannot list", ec);
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    const fs::path& entry = it->path();
+    if (entry.extension() != ".safetensors") continue;
+    // Follows symlinks. A *.safetensors entry that does not lead to a regular file (a broken
+    // link, a link loop, a folder) would silently drop part of the model: refuse it.
+    std::error_code sec;
+    auto est = it->status(sec);
+    if (est.type() == fs::file_type::not_found)
+      return MakeError(Errc::kNotFound, entry.string() + ": broken symbolic link");
+    if (sec) return PathError(entry.string() + ": cannot open", sec);
+    if (!fs::is_regular_file(est)) return MakeError(Errc::kInvalidArgument, entry.string() + ": not a regular file");
+    names.push_back(entry.filename().string());
   }
-  if (ec) return MakeError(Errc::kIo, path + ": cannot list: " + ec.message());
+  if (ec) return PathError(path + ": cannot list", ec);
   if (names.empty())
     return MakeError(Errc::kNotFound, path + ": no *.safetensors files and no " + std::string(kIndexFileName));
   std::sort(names.begin(), names.end());
   for (auto& name : names) {
-    ShardFile f;
-    f.path = (root / name).string();
-    f.name = name;
-    CS_ASSIGN_OR_RETURN(f.header, ReadHeaderFile(f.path));
-    f.size = f.header.data_start() + f.header.data_bytes;
+    CS_ASSIGN_OR_RETURN(auto f, ReadShard((root / name).string(), name));
     files.push_back(std::move(f));
   }
   return BuildLayout(path, std::move(files), nullptr);

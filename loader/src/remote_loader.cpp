@@ -160,6 +160,7 @@ Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLo
   o.read = options.read;
   o.arena = options.arena;
   o.progress = options.progress;
+  o.filter = options.filter;
   OpenedModel m;
   m.remote = std::move(rm);
   CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));

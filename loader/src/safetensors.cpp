@@ -310,8 +310,10 @@ Result<std::uint64_t> ParseHeaderLength(std::span<const std::byte> prefix8, std:
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(prefix8[static_cast<std::size_t>(i)]);
   if (n > kMaxHeaderBytes)
     return FormatError("header length " + std::to_string(n) + " exceeds the 100 MB limit (not a safetensors file?)");
+  // A length within the limit but past the end is a cut-short file, not a foreign one: text and
+  // random bytes read as a length above 100 MB. Truncation is an integrity error (exit 5).
   if (n > file_size - 8)
-    return FormatError("header length " + std::to_string(n) + " runs past the end of the " +
+    return MakeError(Errc::kIntegrity, "header length " + std::to_string(n) + " runs past the end of the " +
                        std::to_string(file_size) + "-byte file (truncated?)");
   return n;
 }
@@ -320,7 +322,7 @@ Result<SafetensorsHeader> ParseHeader(std::string_view header_json, std::uint64_
   SafetensorsHeader h;
   h.header_bytes = header_json.size();
   if (file_size < 8 + h.header_bytes)
-    return FormatError("header runs past the end of the file");
+    return MakeError(Errc::kIntegrity, "header runs past the end of the file (truncated?)");
   h.data_bytes = file_size - 8 - h.header_bytes;
   if (header_json.empty() || header_json.front() != '{')
     return FormatError("header does not start with '{' (not a safetensors file?)");
@@ -365,8 +367,9 @@ Result<SafetensorsHeader> ParseHeader(std::string_view header_json, std::uint64_
     cursor = t.end;
   }
   if (cursor != h.data_bytes) {
+    // A well-formed header over a data section cut short: truncated, not malformed.
     if (cursor > h.data_bytes)
-      return FormatError("tensors need " + std::to_string(cursor) + " data bytes but the file holds " +
+      return MakeError(Errc::kIntegrity, "tensors need " + std::to_string(cursor) + " data bytes but the file holds " +
                          std::to_string(h.data_bytes) + " (truncated?)");
     return FormatError("data section has " + std::to_string(h.data_bytes - cursor) +
                        " trailing bytes not covered by any tensor");
@@ -374,18 +377,18 @@ Result<SafetensorsHeader> ParseHeader(std::string_view header_json, std::uint64_
   return h;
 }
 
-Result<SafetensorsHeader> ReadHeaderFile(const std::string& path) {
+Result<SafetensorsHeader> ReadHeaderFile(const std::string& path, FileIdentity* identity) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    return MakeSysError(err == ENOENT ? Errc::kNotFound : err == EACCES ? Errc::kPermissionDenied : Errc::kIo,
-                        path + ": cannot open", err);
+    return MakePathError(path + ": cannot open", err);
   }
   std::unique_ptr<int, void (*)(int*)> guard(&fd, [](int* p) { ::close(*p); });
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return MakeSysError(Errc::kIo, path + ": cannot stat", errno);
+  if (::fstat(fd, &st) != 0) return MakePathError(path + ": cannot stat", errno);
   if (!S_ISREG(st.st_mode)) return MakeError(Errc::kInvalidArgument, path + ": not a regular file");
   const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (identity) *identity = FileIdentity::FromStat(st);
   auto read_exact = [&](void* buf, std::size_t len, off_t off) -> Status {
     std::size_t got = 0;
     while (got < len) {
@@ -394,7 +397,7 @@ Result<SafetensorsHeader> ReadHeaderFile(const std::string& path) {
         if (errno == EINTR) continue;
         return MakeSysError(Errc::kIo, path + ": cannot read header", errno);
       }
-      if (n == 0) return MakeError(Errc::kFormat, path + ": file ended inside the header");
+      if (n == 0) return MakeError(Errc::kIntegrity, path + ": file ended inside the header (truncated while reading?)");
       got += static_cast<std::size_t>(n);
     }
     return OkStatus();

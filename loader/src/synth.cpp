@@ -208,7 +208,7 @@ Result<SynthReport> SynthesizeModel(const std::string& out_dir, const SynthOptio
 
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) return MakeError(Errc::kIo, out_dir + ": cannot create folder: " + ec.message());
+  if (ec) return MakePathError(out_dir + ": cannot create folder", ec.value());
 
   SynthReport report;
   report.layers = layers;
@@ -275,14 +275,20 @@ Result<SynthReport> SynthesizeModel(const std::string& out_dir, const SynthOptio
   }
   // Shards of an earlier synth with another shard count would otherwise be taken as part of
   // this model (a folder without an index loads every *.safetensors file).
-  for (const auto& e : fs::directory_iterator(out_dir, ec)) {
+  // increment(ec), not ++: a listing error must not throw filesystem_error.
+  fs::directory_iterator it(out_dir, ec);
+  if (ec) return MakePathError(out_dir + ": cannot list", ec.value());
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    const auto& e = *it;
     const std::string name = e.path().filename().string();
     const bool ours = name == "model.safetensors" ||
                       (name.rfind("model-", 0) == 0 && name.find("-of-") != std::string::npos &&
                        name.size() > 12 && name.substr(name.size() - 12) == ".safetensors");
+    std::error_code rec;  // best effort: a stale shard we cannot remove is left, as before
     if (ours && std::find(report.files.begin(), report.files.end(), name) == report.files.end())
-      fs::remove(e.path(), ec);
+      fs::remove(e.path(), rec);
   }
+  if (ec) return MakePathError(out_dir + ": cannot list", ec.value());
   return report;
 }
 

@@ -3,9 +3,13 @@
 #include "coldstart/fetch/local_reader.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <tuple>
@@ -200,6 +204,97 @@ TEST(LocalReadOptions, EnvOverridesAndStrictParsing) {
   EXPECT_NE(st.error().message.find("COLDSTART_READ_CHUNK"), std::string::npos);
   EXPECT_FALSE(LocalReadOptions{}.ApplyEnv(Env::FromMap({{"COLDSTART_IO_ENGINE", "aio"}})).ok());
   EXPECT_FALSE(LocalReadOptions{}.ApplyEnv(Env::FromMap({{"COLDSTART_READ_CHUNK", "2GiB"}})).ok());
+}
+
+}  // namespace
+}  // namespace coldstart::fetch
+
+// ---- a file that changes under a load (issue 7: a same-size rewrite loaded a mix) ----------
+
+namespace coldstart::fetch {
+namespace {
+
+// Rewrites `path` in place (same inode, same size) and moves its mtime `seconds` forward, so
+// the change is visible even on a file system with coarse timestamps.
+void RewriteInPlace(const std::string& path, char fill, int seconds) {
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  std::string bytes(static_cast<std::size_t>(st.st_size), fill);
+  std::FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+  std::fclose(f);
+  timespec times[2] = {st.st_atim, st.st_mtim};
+  times[1].tv_sec += seconds;
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
+TEST(LocalFileSetIdentity, UnchangedFilesPass) {
+  TempDir d;
+  WriteFile(d / "a", RandomBytes(10000, 1));
+  auto files = LocalFileSet::Open({d / "a"}, DirectIo::kOff);
+  ASSERT_TRUE(files.ok()) << files.error().message;
+  EXPECT_TRUE(files->file(0).identity.known());
+  EXPECT_EQ(files->file(0).identity.size, 10000u);
+  auto st = files->CheckUnchanged();
+  EXPECT_TRUE(st.ok()) << st.error().message;
+}
+
+TEST(LocalFileSetIdentity, SameSizeRewriteInPlaceIsAnIntegrityError) {
+  TempDir d;
+  WriteFile(d / "a", RandomBytes(10000, 2));
+  auto files = LocalFileSet::Open({d / "a"}, DirectIo::kOff);
+  ASSERT_TRUE(files.ok()) << files.error().message;
+  RewriteInPlace(d / "a", 'x', 5);
+  auto st = files->CheckUnchanged();
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::kIntegrity);
+  EXPECT_EQ(st.error().message.rfind(d / "a", 0), 0u) << "names the file: " << st.error().message;
+  EXPECT_NE(st.error().message.find("changed while loading (modified at "), std::string::npos) << st.error().message;
+}
+
+TEST(LocalFileSetIdentity, PathReplacedByAnotherFileIsAnIntegrityError) {
+  TempDir d;
+  WriteFile(d / "a", RandomBytes(10000, 3));
+  WriteFile(d / "b", RandomBytes(10000, 4));
+  auto files = LocalFileSet::Open({d / "a"}, DirectIo::kOff);
+  ASSERT_TRUE(files.ok());
+  ASSERT_EQ(std::rename((d / "b").c_str(), (d / "a").c_str()), 0);
+  auto st = files->CheckUnchanged();
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Errc::kIntegrity);
+  EXPECT_NE(st.error().message.find("replaced by another file"), std::string::npos) << st.error().message;
+}
+
+TEST(LocalFileSetIdentity, OpenComparesWithTheIdentitySeenEarlier) {
+  TempDir d;
+  WriteFile(d / "a", RandomBytes(10000, 5));
+  struct stat st {};
+  ASSERT_EQ(::stat((d / "a").c_str(), &st), 0);
+  const FileIdentity seen = FileIdentity::FromStat(st);
+  auto same = LocalFileSet::Open({d / "a"}, DirectIo::kOff, {seen});
+  EXPECT_TRUE(same.ok());
+  EXPECT_TRUE(LocalFileSet::Open({d / "a"}, DirectIo::kOff, {FileIdentity{}}).ok()) << "unknown: not compared";
+  RewriteInPlace(d / "a", 'y', 7);
+  auto changed = LocalFileSet::Open({d / "a"}, DirectIo::kOff, {seen});
+  ASSERT_FALSE(changed.ok());
+  EXPECT_EQ(changed.error().code, Errc::kIntegrity);
+  EXPECT_NE(changed.error().message.find("since its header was read"), std::string::npos) << changed.error().message;
+}
+
+TEST(LocalFileSetErrors, OpenMapsErrnoToTheDocumentedCodes) {
+  EXPECT_EQ(ErrcFromErrno(EACCES), Errc::kPermissionDenied);
+  EXPECT_EQ(ErrcFromErrno(EPERM), Errc::kPermissionDenied);
+  EXPECT_EQ(ErrcFromErrno(ENOENT), Errc::kNotFound);
+  EXPECT_EQ(ErrcFromErrno(ELOOP), Errc::kNotFound);
+  EXPECT_EQ(ErrcFromErrno(ENOSPC), Errc::kResourceExhausted);
+  EXPECT_EQ(ErrcFromErrno(EIO), Errc::kIo);
+  TempDir d;
+  ASSERT_EQ(::symlink("loop", (d / "loop").c_str()), 0);
+  auto loop = LocalFileSet::Open({d / "loop"}, DirectIo::kOff);
+  ASSERT_FALSE(loop.ok());
+  EXPECT_EQ(loop.error().code, Errc::kNotFound);
+  EXPECT_EQ(loop.error().sys_errno, ELOOP);
 }
 
 }  // namespace

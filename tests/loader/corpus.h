@@ -26,6 +26,8 @@ struct CorpusCase {
   std::string name;
   std::string bytes;
   std::string expect;  // substring of the error message
+  // Malformed input is kFormat (exit 4); a well-formed file cut short is kIntegrity (exit 5).
+  bool truncated = false;
   friend void PrintTo(const CorpusCase& c, std::ostream* os) { *os << c.name; }
 };
 
@@ -37,7 +39,7 @@ inline std::vector<CorpusCase> MalformedFiles() {
       {"seven_bytes", std::string(7, '\0'), "too short"},
       {"header_len_over_100MB", StFile("{}", "", 100'000'001), "100 MB"},
       {"header_len_u64_max", StFile("{}", "", UINT64_MAX - 1), "100 MB"},
-      {"header_len_past_eof", StFile("{}", "", 1000), "past the end"},
+      {"header_len_past_eof", StFile("{}", "", 1000), "past the end", true},
       {"header_len_zero", StFile(""), "does not start with '{'"},
       {"header_is_array", StFile("[]"), "does not start with '{'"},
       {"leading_space", StFile(" {}"), "does not start with '{'"},
@@ -72,7 +74,7 @@ inline std::vector<CorpusCase> MalformedFiles() {
       {"not_from_zero", StFile(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", std::string(8, 'x')), "gap of 4 bytes"},
       {"overlap", StFile(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", std::string(8, 'x')), "overlaps"},
       {"trailing_bytes", StFile("{" + ok_t + "}", d16 + "zz"), "trailing bytes"},
-      {"truncated_data", StFile("{" + ok_t + "}", d16.substr(0, 10)), "truncated?"},
+      {"truncated_data", StFile("{" + ok_t + "}", d16.substr(0, 10)), "truncated?", true},
       {"duplicate_tensor", StFile(R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"t":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", std::string(8, 'x')), "duplicate tensor name"},
       {"duplicate_field", StFile(R"({"t":{"dtype":"U8","dtype":"U8","shape":[4],"data_offsets":[0,4]}})", std::string(4, 'x')), "twice"},
       {"unknown_field", StFile(R"({"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"extra":1}})", std::string(4, 'x')), "unknown field"},

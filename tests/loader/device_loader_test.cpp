@@ -4,7 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <mutex>
 
@@ -182,6 +186,34 @@ TEST_F(DeviceLoad, LocalReadFailureMidModel) {
   auto m = LoadLocalToDevice(std::move(layout), Options());
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.error().code, Errc::kIntegrity);
+}
+
+TEST_F(DeviceLoad, SameSizeRewriteDuringTheReadsIsRefused) {
+  DeviceLoadOptions o = Options();
+  const std::string shard = dir_ / "bkt/m/model-00001-of-00003.safetensors";
+  bool rewritten = false;
+  o.progress = [&](std::uint64_t, std::uint64_t) {
+    if (!rewritten) {
+      struct stat st {};
+      EXPECT_EQ(::stat(shard.c_str(), &st), 0);
+      std::FILE* f = std::fopen(shard.c_str(), "r+b");
+      EXPECT_NE(f, nullptr);
+      std::fseek(f, -16, SEEK_END);
+      std::fwrite("0123456789abcdef", 1, 16, f);
+      std::fclose(f);
+      timespec times[2] = {st.st_atim, st.st_mtim};
+      times[1].tv_sec += 3;
+      EXPECT_EQ(::utimensat(AT_FDCWD, shard.c_str(), times, 0), 0);
+    }
+    rewritten = true;
+    return true;
+  };
+  auto m = LoadLocalToDevice(Layout(), o);
+  ASSERT_TRUE(rewritten);
+  ASSERT_FALSE(m.ok()) << "a mix of old and new bytes was reported as loaded";
+  EXPECT_EQ(m.error().code, Errc::kIntegrity);
+  EXPECT_NE(m.error().message.find("model-00001-of-00003.safetensors: changed while loading"), std::string::npos)
+      << m.error().message;
 }
 
 TEST_F(DeviceLoad, DiscardModeChecksumsWithoutKeepingBytes) {

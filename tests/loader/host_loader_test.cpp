@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <filesystem>
 
 #include "../common/independent.h"
@@ -149,6 +153,84 @@ TEST(HostLoad, FileChangedSinceHeaderWasRead) {
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.error().code, Errc::kIntegrity);
   EXPECT_NE(m.error().message.find("changed while loading"), std::string::npos) << m.error().message;
+}
+
+TEST(HostLoad, OnlyTheFilteredTensorsAreReadAndSliced) {
+  TempDir d;
+  SynthOptions so;
+  so.shards = 2;
+  ASSERT_TRUE(SynthesizeModel(d.path(), so).ok());
+  auto layout = OpenLocalModel(d.path());
+  ASSERT_TRUE(layout.ok());
+  std::uint64_t want_bytes = 0;
+  std::size_t want = 0;
+  for (const auto& t : layout->tensors)
+    if (t.name.find("layers.0.") != std::string::npos) want_bytes += t.nbytes, ++want;
+  ASSERT_GT(want, 1u);
+  HostLoadOptions o;
+  o.filter = [](const std::string& name) { return name.find("layers.0.") != std::string::npos; };
+  auto m = LoadToHost(std::move(layout).value(), o);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ((*m)->tensors().size(), want);
+  EXPECT_EQ((*m)->stats().bytes, want_bytes) << "only the selected tensors' bytes are read";
+  auto all = FolderDigests(d.path());
+  for (const auto& [name, digest] : LoadedDigests(**m)) EXPECT_EQ(digest, all.at(name)) << name;
+
+  o.filter = [](const std::string&) { return false; };
+  auto none = LoadToHost(std::move(OpenLocalModel(d.path())).value(), o);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, Errc::kNotFound);
+  EXPECT_NE(none.error().message.find("no tensor matches"), std::string::npos) << none.error().message;
+}
+
+// Rewrites `path` in place: same inode and size, other bytes, mtime moved forward.
+void RewriteSameSize(const std::string& path) {
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  std::string bytes = coldstart::testing::ReadFile(path);
+  for (std::size_t i = bytes.size() / 2; i < bytes.size(); ++i) bytes[i] = static_cast<char>(bytes[i] ^ 0x5a);
+  std::FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(std::fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+  std::fclose(f);
+  timespec times[2] = {st.st_atim, st.st_mtim};
+  times[1].tv_sec += 3;
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
+TEST(HostLoad, SameSizeRewriteAfterTheHeaderWasReadIsRefused) {
+  TempDir d;
+  ASSERT_TRUE(SynthesizeModel(d.path(), SynthOptions{}).ok());
+  auto layout = OpenLocalModel(d.path());
+  ASSERT_TRUE(layout.ok());
+  RewriteSameSize(d / "model.safetensors");
+  auto m = LoadToHost(std::move(layout).value(), HostLoadOptions{});
+  ASSERT_FALSE(m.ok()) << "the size still matches: only the identity shows the change";
+  EXPECT_EQ(m.error().code, Errc::kIntegrity);
+  EXPECT_NE(m.error().message.find("changed while loading (since its header was read: modified at"), std::string::npos)
+      << m.error().message;
+}
+
+TEST(HostLoad, SameSizeRewriteDuringTheReadsIsRefused) {
+  TempDir d;
+  ASSERT_TRUE(SynthesizeModel(d.path(), SynthOptions{}).ok());
+  auto layout = OpenLocalModel(d.path());
+  ASSERT_TRUE(layout.ok());
+  HostLoadOptions o;
+  bool rewritten = false;
+  // The progress callback runs on the loading thread while the reads are under way (at the
+  // latest once they are all done, before the load returns): rewrite the file there.
+  o.progress = [&](std::uint64_t, std::uint64_t) {
+    if (!rewritten) RewriteSameSize(d / "model.safetensors");
+    rewritten = true;
+    return true;
+  };
+  auto m = LoadToHost(std::move(layout).value(), o);
+  ASSERT_TRUE(rewritten);
+  ASSERT_FALSE(m.ok()) << "a mix of old and new bytes was reported as loaded";
+  EXPECT_EQ(m.error().code, Errc::kIntegrity);
+  EXPECT_NE(m.error().message.find("model.safetensors: changed while loading (modified at"), std::string::npos)
+      << m.error().message;
 }
 
 }  // namespace

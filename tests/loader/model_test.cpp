@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <filesystem>
 
 #include "../common/temp_dir.h"
@@ -162,6 +166,68 @@ TEST(ModelIndex, EmptyFolderAndMissingPath) {
   auto n = OpenLocalModel(d / "nope");
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.error().code, Errc::kNotFound);
+}
+
+// Issue 7: these ended in an uncaught std::filesystem::filesystem_error (abort, exit 134).
+TEST(ModelPaths, SymlinkLoopsAreErrorsNamingThePathNotAborts) {
+  TempDir d;
+  WriteFile(d / "m/a.safetensors", Shard({"a"}));
+  // A loop named like a shard (b -> c -> b), and a self-loop not named like one (ignored).
+  ASSERT_EQ(::symlink("c.safetensors", (d / "m/b.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink("b.safetensors", (d / "m/c.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink("loop", (d / "m/loop").c_str()), 0);
+  auto m = OpenLocalModel(d / "m");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().code, Errc::kNotFound);
+  EXPECT_EQ(m.error().sys_errno, ELOOP);
+  EXPECT_NE(m.error().message.find("/m/b.safetensors: cannot open"), std::string::npos) << m.error().message;
+
+  ASSERT_EQ(::symlink("self", (d / "self").c_str()), 0);
+  auto self = OpenLocalModel(d / "self");
+  ASSERT_FALSE(self.ok());
+  EXPECT_EQ(self.error().code, Errc::kNotFound);
+  EXPECT_EQ(self.error().sys_errno, ELOOP) << "not 'no such file': " << self.error().message;
+
+  WriteFile(d / "i/a.safetensors", Shard({"a"}));
+  ASSERT_EQ(::symlink(std::string(kIndexFileName).c_str(), (d / ("i/" + std::string(kIndexFileName))).c_str()), 0);
+  auto idx = OpenLocalModel(d / "i");
+  ASSERT_FALSE(idx.ok());
+  EXPECT_EQ(idx.error().sys_errno, ELOOP);
+  EXPECT_NE(idx.error().message.find(std::string(kIndexFileName) + ": cannot open"), std::string::npos)
+      << idx.error().message;
+
+  WriteFile(d / "j/" + std::string(kIndexFileName), R"({"weight_map":{"a":"s.safetensors"}})");
+  ASSERT_EQ(::symlink("s.safetensors", (d / "j/s.safetensors").c_str()), 0);
+  auto shard = OpenLocalModel(d / "j");
+  ASSERT_FALSE(shard.ok());
+  EXPECT_EQ(shard.error().sys_errno, ELOOP) << shard.error().message;
+}
+
+TEST(ModelPaths, ShardEntriesThatAreNotFilesAreRefusedNotSkipped) {
+  TempDir d;
+  WriteFile(d / "m/a.safetensors", Shard({"a"}));
+  ASSERT_EQ(::symlink("gone.safetensors", (d / "m/b.safetensors").c_str()), 0);
+  auto broken = OpenLocalModel(d / "m");
+  ASSERT_FALSE(broken.ok()) << "a broken link would silently drop part of the model";
+  EXPECT_EQ(broken.error().code, Errc::kNotFound);
+  EXPECT_NE(broken.error().message.find("b.safetensors: broken symbolic link"), std::string::npos)
+      << broken.error().message;
+  WriteFile(d / "n/a.safetensors", Shard({"a"}));
+  std::filesystem::create_directories(d / "n/dir.safetensors");
+  auto dir = OpenLocalModel(d / "n");
+  ASSERT_FALSE(dir.ok());
+  EXPECT_EQ(dir.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(dir.error().message.find("dir.safetensors: not a regular file"), std::string::npos) << dir.error().message;
+}
+
+TEST(ModelPaths, EachShardRecordsTheIdentitySeenWhenItsHeaderWasRead) {
+  TempDir d;
+  WriteFile(d / "a.safetensors", Shard({"a"}));
+  auto m = OpenLocalModel(d.path());
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  struct stat st {};
+  ASSERT_EQ(::stat((d / "a.safetensors").c_str(), &st), 0);
+  EXPECT_TRUE(m->files[0].identity == FileIdentity::FromStat(st));
 }
 
 TEST(ModelIndex, RelativeNameRules) {

@@ -1,6 +1,7 @@
 // The `coldstart` executable as a user meets it: exit codes, one-line errors, JSON outputs.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +10,9 @@
 #include <thread>
 
 #include <cstdio>
+#include <filesystem>
+#include <map>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "../common/independent.h"
@@ -80,7 +84,8 @@ TEST(Cli, EveryMalformedFileFailsWithOneLineNamingIt) {
     WriteFile(path, c.bytes);
     for (const char* cmd : {"inspect", "load"}) {
       auto r = Exec(std::string(cmd) + " " + path);
-      EXPECT_EQ(r.code, 4) << c.name << " " << cmd << ": " << r.err;
+      // README: 4 malformed input, 5 truncated file.
+      EXPECT_EQ(r.code, c.truncated ? 5 : 4) << c.name << " " << cmd << ": " << r.err;
       EXPECT_EQ(Lines(r.err), 1) << c.name << ": " << r.err;
       EXPECT_EQ(r.err.rfind("coldstart: error: " + path + ": ", 0), 0u) << r.err;
       EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
@@ -148,9 +153,163 @@ TEST(Cli, TruncatedShardFailsLoadButInspectSeesNothingWrongWithHeaders) {
   auto size = std::filesystem::file_size(shard);
   std::filesystem::resize_file(shard, size - 1);
   auto r = Exec("load " + (d / "m"));
-  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_EQ(r.code, 5) << "README: 5 is a truncated file; " << r.err;
   EXPECT_NE(r.err.find("model-00002-of-00002.safetensors"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("truncated?"), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+}
+
+TEST(Cli, MisspelledSubcommandIsNamedWithASuggestion) {
+  auto r = Exec("laod x");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "coldstart: error: unknown subcommand 'laod' (did you mean 'load'?)\n");
+  auto far = Exec("frobnicate x");
+  EXPECT_EQ(far.code, 2);
+  EXPECT_NE(far.err.find("unknown subcommand 'frobnicate' (not one of inspect, load,"), std::string::npos) << far.err;
+  EXPECT_EQ(Lines(far.err), 1);
+}
+
+TEST(Cli, OutOfRangeNumbersAndBadValuesAreUsageErrorsOnEveryDevice) {
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m")).code, 0);
+  const std::string m = d / "m";
+  struct Case {
+    std::string args, expect;
+  };
+  const std::vector<Case> cases = {
+      {"--concurrency 0", "--concurrency"},
+      {"--queue-depth 0", "--queue-depth"},
+      {"--threads 1000", "--threads"},
+      {"--threads -1", "--threads"},
+      {"--remote-chunk 0", "--remote-chunk"},
+      {"--chunk 0", "--chunk"},
+      {"--staging-bytes junk", "--staging-bytes"},
+      {"--order bogus", "--order"},
+      {"--convert f8", "--convert"},
+      {"--sim-bandwidth 0", "--sim-bandwidth"},
+  };
+  for (const char* device : {"cpu", "sim"}) {
+    for (const auto& c : cases) {
+      auto r = Exec("load " + m + " --no-torch --device " + device + " " + c.args);
+      EXPECT_EQ(r.code, 2) << device << " " << c.args << ": " << r.err;
+      EXPECT_EQ(Lines(r.err), 1) << c.args << ": " << r.err;
+      EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.args << ": " << r.err;
+      EXPECT_TRUE(r.out.empty()) << c.args;
+    }
+  }
+}
+
+TEST(Cli, CpuLoadHonoursOnlyAndRefusesDeviceOnlyFlags) {
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m") + " --shards 2").code, 0);
+  const std::string m = d / "m";
+  auto all = Exec("load " + m + " --no-torch --json --digest sha256");
+  ASSERT_EQ(all.code, 0) << all.err;
+  std::map<std::string, std::string> full;
+  const auto aj = nlohmann::json::parse(all.out);  // named: a range-for over parse()[...] dangles
+  for (const auto& t : aj["tensors"]) full[t["name"].get<std::string>()] = t["sha256"].get<std::string>();
+  auto some = Exec("load " + m + " --no-torch --json --digest sha256 --only '*layers.0.*' --only '*embed*'");
+  ASSERT_EQ(some.code, 0) << some.err;
+  auto sj = nlohmann::json::parse(some.out);
+  ASSERT_EQ(sj["tensors"].size(), 14u);  // 13 of layer 0 and the embedding
+  std::uint64_t bytes = 0;
+  for (const auto& t : sj["tensors"]) {
+    const std::string name = t["name"];
+    EXPECT_TRUE(name.find("layers.0.") != std::string::npos || name.find("embed") != std::string::npos) << name;
+    ASSERT_EQ(full.count(name), 1u) << name;
+    EXPECT_EQ(t["sha256"], full.at(name)) << name;
+  }
+  bytes = sj["bytes"];
+  EXPECT_LT(bytes, aj["bytes"].get<std::uint64_t>()) << "only the selected bytes are read";
+
+  // Matching nothing: the same line on every device, exit 3 (was: everything loaded, exit 0).
+  auto cpu_none = Exec("load " + m + " --no-torch --only 'nothing*'");
+  auto sim_none = Exec("load " + m + " --device sim --only 'nothing*'");
+  EXPECT_EQ(cpu_none.code, 3) << cpu_none.err;
+  EXPECT_EQ(sim_none.code, 3) << sim_none.err;
+  EXPECT_EQ(cpu_none.err, "coldstart: error: " + m + ": no tensor matches --only 'nothing*'\n");
+  EXPECT_EQ(cpu_none.err, sim_none.err);
+
+  for (const char* flag : {"--convert f16", "--staging-bytes 1MiB", "--order layer", "--sim-discard"}) {
+    auto r = Exec("load " + m + " --no-torch " + flag);
+    EXPECT_EQ(r.code, 2) << flag << ": " << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_TRUE(r.out.empty()) << flag << " was ignored: " << r.out;
+  }
+  EXPECT_NE(Exec("load " + m + " --no-torch --convert f16").err.find("--convert needs --device cuda or sim"),
+            std::string::npos);
+  // What a cpu load does anyway is accepted.
+  EXPECT_EQ(Exec("load " + m + " --no-torch --order file --convert none").code, 0);
+}
+
+TEST(Cli, SymlinkLoopsAreOneLineNotAnAbort) {
+  TempDir d;
+  ASSERT_EQ(Exec("synth " + (d / "m")).code, 0);
+  ASSERT_EQ(::symlink("b.safetensors", (d / "m/a.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink("a.safetensors", (d / "m/b.safetensors").c_str()), 0);
+  ASSERT_EQ(::symlink("self", (d / "self").c_str()), 0);
+  for (const std::string& path : {d / "m", d / "self"}) {
+    for (const char* cmd : {"inspect", "load"}) {
+      auto r = Exec(std::string(cmd) + " " + path);
+      EXPECT_EQ(r.code, 3) << cmd << " " << path << ": " << r.err;  // was 134 (filesystem_error)
+      EXPECT_EQ(Lines(r.err), 1) << r.err;
+      EXPECT_NE(r.err.find("Too many levels of symbolic links"), std::string::npos) << r.err;
+    }
+  }
+}
+
+TEST(Cli, OddPathsGetOneLineAndADocumentedCode) {
+  TempDir d;
+  std::filesystem::create_directories(d / "empty");
+  WriteFile(d / "notes/readme.txt", "hi");
+  std::filesystem::create_directories(d / "dirs/x.safetensors");
+  WriteFile(d / "dirs/y.safetensors", coldstart::testing::StFile("{}"));
+  struct Case {
+    std::string args;
+    int code;
+  };
+  for (const auto& c : std::vector<Case>{{"load " + (d / "empty"), 3},
+                                         {"load " + (d / "notes"), 3},
+                                         {"load " + (d / "dirs"), 2},
+                                         {"load /dev/null", 2},
+                                         {"inspect /dev/null", 2},
+                                         {"load " + (d / "notes/readme.txt/x"), 3}}) {
+    auto r = Exec(c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << ": " << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << c.args << ": " << r.err;
+    EXPECT_TRUE(r.out.empty()) << c.args;
+  }
+}
+
+// Tests run as root, which no file mode refuses: the permission checks run the binary as the
+// unprivileged uid 65534 through setpriv (util-linux). Where that is impossible they skip.
+TEST(Cli, PermissionDeniedIsExitSeven) {
+  if (::geteuid() != 0 || std::system("command -v setpriv >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs root and setpriv to run the CLI as an unprivileged user";
+  TempDir d;  // mode 0700, owned by root: uid 65534 may not search it
+  ASSERT_EQ(Exec("synth " + (d / "m") + " --shards 2").code, 0);
+  const std::string nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+  auto as_nobody = [&](const std::string& args) { return Exec(args, nobody); };
+  // A model inside a folder the user cannot search.
+  auto r = as_nobody("inspect " + (d / "m"));
+  EXPECT_EQ(r.code, 7) << r.err;
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  // Searchable folders but an unreadable shard.
+  ASSERT_EQ(::chmod(d.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod((d / "m").c_str(), 0755), 0);
+  ASSERT_EQ(::chmod((d / "m/model-00002-of-00002.safetensors").c_str(), 0600), 0);
+  auto shard = as_nobody("load --no-torch " + (d / "m"));
+  EXPECT_EQ(shard.code, 7) << shard.err;
+  EXPECT_NE(shard.err.find("model-00002-of-00002.safetensors: cannot open: Permission denied"), std::string::npos)
+      << shard.err;
+  // A folder that may be searched but not listed (no index to go by).
+  ASSERT_EQ(::unlink((d / "m/model.safetensors.index.json").c_str()), 0);
+  ASSERT_EQ(::chmod((d / "m").c_str(), 0711), 0);
+  auto list = as_nobody("inspect " + (d / "m"));
+  EXPECT_EQ(list.code, 7) << list.err;
+  EXPECT_NE(list.err.find("cannot list: Permission denied"), std::string::npos) << list.err;
+  ASSERT_EQ(::chmod(d.path().c_str(), 0700), 0);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -20,6 +21,11 @@ namespace coldstart::cli {
 
 std::string ShapeText(const std::vector<std::uint64_t>& shape);
 int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device);
+// cmd_load_device.cpp: --only globs as a tensor-name filter; kNotFound naming the globs when none
+// matches; the device-only flags' values checked, and refused when set on --device cpu.
+std::function<bool(const std::string&)> OnlyFilter(const std::vector<std::string>& globs);
+Status CheckOnlyMatches(const loader::ModelLayout& layout, const std::vector<std::string>& globs);
+Status CheckCpuLoadFlags(const LoadArgs& args, const loader::DeviceSpec& device);
 
 
 int RunLoad(const LoadArgs& args) {
@@ -28,8 +34,10 @@ int RunLoad(const LoadArgs& args) {
   auto device = loader::ParseDevice(args.device);
   if (!device.ok()) return ReportError(device.error());
   if (device->kind != loader::DeviceKind::kCpu) return RunDeviceLoad(args, *device);
+  if (auto st = CheckCpuLoadFlags(args, *device); !st.ok()) return ReportError(st.error());
   auto opts = MakeHostLoadOptions(args.read);
   if (!opts.ok()) return ReportError(opts.error());
+  if (!args.only.empty()) opts->filter = OnlyFilter(args.only);
   auto mode = ParseProgressMode(args.read.progress);
   if (!mode.ok()) return ReportError(mode.error());
 
@@ -48,6 +56,11 @@ int RunLoad(const LoadArgs& args) {
   if (!opened.ok()) return ReportError(opened.error());
   const double plan_seconds = SecondsSince(t0);
   const bool remote = opened->remote.has_value();
+  if (auto st = CheckOnlyMatches(opened->layout(), args.only); !st.ok()) return ReportError(st.error());
+  if (remote && !args.only.empty())
+    return ReportError(MakeError(Errc::kInvalidArgument,
+                                 "--only with --device cpu reads local models only; for gs:// and http(s):// "
+                                 "sources use --device sim or cuda"));
   if (remote)
     host = loader::LoadRemoteToHost(std::move(*opened->remote), *opts, &remote_stats);
   else

@@ -17,6 +17,8 @@
 
 namespace coldstart::cli {
 
+std::function<bool(const std::string&)> OnlyFilter(const std::vector<std::string>& globs);
+
 namespace {
 
 Result<loader::DeviceLoadOptions> MakeDeviceOptions(const LoadArgs& args, const loader::DeviceSpec& device) {
@@ -40,23 +42,54 @@ Result<loader::DeviceLoadOptions> MakeDeviceOptions(const LoadArgs& args, const 
   o.sim.keep_bytes = !args.sim_discard;
   if (args.sim_discard && device.kind != loader::DeviceKind::kSim)
     return MakeError(Errc::kInvalidArgument, "--sim-discard only applies to --device sim");
-  CS_ASSIGN_OR_RETURN(o.order, loader::ParseLoadOrder(args.order));
+  if (!args.sim_bandwidth.empty() && device.kind != loader::DeviceKind::kSim)
+    return MakeError(Errc::kInvalidArgument, "--sim-bandwidth only applies to --device sim");
+  if (!args.order.empty()) {
+    auto order = loader::ParseLoadOrder(args.order);
+    if (!order.ok()) return std::move(order).error().WithContext("--order");
+    o.order = *order;
+  }
   if (args.convert == "f16") o.bf16_conversion = loader::Conversion::kBf16ToF16;
   else if (args.convert == "f32") o.bf16_conversion = loader::Conversion::kBf16ToF32;
-  else if (args.convert != "none")
+  else if (!args.convert.empty() && args.convert != "none")
     return MakeError(Errc::kInvalidArgument, "--convert '" + args.convert + "' is not one of none, f16, f32");
-  if (!args.only.empty()) {
-    auto globs = args.only;
-    o.filter = [globs](const std::string& name) {
-      for (const auto& g : globs)
-        if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
-      return false;
-    };
-  }
+  if (!args.only.empty()) o.filter = OnlyFilter(args.only);
   return o;
 }
 
 }  // namespace
+
+std::function<bool(const std::string&)> OnlyFilter(const std::vector<std::string>& globs) {
+  return [globs](const std::string& name) {
+    for (const auto& g : globs)
+      if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
+    return false;
+  };
+}
+
+Status CheckOnlyMatches(const loader::ModelLayout& layout, const std::vector<std::string>& globs) {
+  if (globs.empty()) return OkStatus();
+  auto keep = OnlyFilter(globs);
+  for (const auto& t : layout.tensors)
+    if (keep(t.name)) return OkStatus();
+  std::string list;
+  for (const auto& g : globs) list += (list.empty() ? "'" : ", '") + g + "'";
+  return MakeError(Errc::kNotFound, layout.source + ": no tensor matches --only " + list);
+}
+
+Status CheckCpuLoadFlags(const LoadArgs& args, const loader::DeviceSpec& device) {
+  // Invalid values are usage errors on every device; then the flags a host load cannot honour
+  // are refused rather than ignored.
+  CS_RETURN_IF_ERROR(MakeDeviceOptions(args, device));
+  auto refuse = [](const std::string& why) { return MakeError(Errc::kInvalidArgument, why); };
+  if (!args.order.empty() && args.order != "file")
+    return refuse("--order " + args.order + " needs --device cuda or sim (a cpu load reads every file in one pass, in file order)");
+  if (!args.convert.empty() && args.convert != "none")
+    return refuse("--convert needs --device cuda or sim (a cpu load keeps the file's dtypes)");
+  if (!args.staging_bytes.empty())
+    return refuse("--staging-bytes needs --device cuda or sim (a cpu load reads straight into its arena, with no staging)");
+  return OkStatus();
+}
 
 int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -76,6 +109,7 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   auto opened = OpenModel(args.source, args.remote);
   if (CancelRequested()) return ReportCancelled("load " + device.ToString());
   if (!opened.ok()) return ReportError(opened.error());
+  if (auto st = CheckOnlyMatches(opened->layout(), args.only); !st.ok()) return ReportError(st.error());
   auto model = opened->remote ? loader::LoadRemoteToDevice(std::move(*opened->remote), *opts)
                               : loader::LoadLocalToDevice(std::move(opened->local), *opts);
   bar.Finish();

@@ -47,8 +47,8 @@ struct LoadArgs {
   std::string sim_bandwidth;          // --sim-bandwidth (bytes per second, e.g. 12GB)
   bool sim_discard = false;           // --sim-discard
   std::vector<std::string> only;      // --only GLOB (tensor names)
-  std::string order = "file";         // --order
-  std::string convert = "none";       // --convert none|f16|f32 (BF16 tensors)
+  std::string order;                  // --order file|largest|layer ("" = file)
+  std::string convert;                // --convert none|f16|f32 (BF16 tensors; "" = none)
 };
 
 struct SynthArgs {

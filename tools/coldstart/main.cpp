@@ -1,7 +1,10 @@
 // coldstart: fast cold starts for LLM containers. See README.md for every subcommand.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "cli.h"
 #include "coldstart/core/env.h"
@@ -13,8 +16,10 @@ void AddReadFlags(CLI::App* cmd, coldstart::cli::ReadFlags* f) {
   cmd->add_option("--io-engine", f->io_engine, "Local read engine: auto|uring|pread (default auto; env COLDSTART_IO_ENGINE)");
   cmd->add_option("--direct-io", f->direct_io, "O_DIRECT for local reads: auto|on|off (default auto; env COLDSTART_DIRECT_IO)");
   cmd->add_option("--chunk", f->chunk, "Bytes per local read request, e.g. 8MiB (env COLDSTART_READ_CHUNK)");
-  cmd->add_option("--threads", f->threads, "I/O threads, 0 = one per core (env COLDSTART_READ_THREADS)");
-  cmd->add_option("--queue-depth", f->queue_depth, "Reads in flight per I/O thread (env COLDSTART_READ_QUEUE_DEPTH)");
+  cmd->add_option("--threads", f->threads, "I/O threads, 0 = one per core (env COLDSTART_READ_THREADS)")
+      ->check(CLI::Range(0u, 256u));
+  cmd->add_option("--queue-depth", f->queue_depth, "Reads in flight per I/O thread (env COLDSTART_READ_QUEUE_DEPTH)")
+      ->check(CLI::Range(1u, 4096u));
   cmd->add_option("--progress", f->progress, "auto|bar|json|off: a bar on a TTY by default, JSON lines on stderr with json");
 }
 
@@ -23,10 +28,32 @@ void AddRemoteFlags(CLI::App* cmd, coldstart::cli::RemoteFlags* f) {
   cmd->add_option("--access-token", f->access_token, "OAuth2 access token (env COLDSTART_ACCESS_TOKEN); never printed");
   cmd->add_flag("--anonymous", f->anonymous, "Send no credentials (public buckets)");
   cmd->add_option("--header", f->headers, "Extra request header 'Name: value' on every request (repeatable, like curl -H)");
-  cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 32; env COLDSTART_CONCURRENCY)");
+  cmd->add_option("--concurrency", f->concurrency, "Ranged GETs in flight (default 32; env COLDSTART_CONCURRENCY)")
+      ->check(CLI::Range(1u, 1024u));
   cmd->add_option("--remote-chunk", f->chunk, "Bytes per ranged GET, e.g. 16MiB (env COLDSTART_CHUNK)");
   cmd->add_option("--cacert", f->cacert, "PEM file of CA certificates to trust instead of the system's (private endpoints)")->check(CLI::ExistingFile);
   cmd->add_flag("--http2", f->http2, "Use HTTP/2 (env COLDSTART_HTTP2); HTTP/1.1 connections are faster under per-connection caps");
+}
+
+// The name within edit distance 2 of `word` (or having it as a prefix), "" if none.
+std::string ClosestName(const std::string& word, const std::vector<std::string>& names) {
+  std::string best;
+  std::size_t best_d = 3;
+  for (const auto& n : names) {
+    // Optimal string alignment distance: an adjacent transposition ("laod") is one edit.
+    std::vector<std::vector<std::size_t>> d(word.size() + 1, std::vector<std::size_t>(n.size() + 1));
+    for (std::size_t i = 0; i <= word.size(); ++i) d[i][0] = i;
+    for (std::size_t j = 0; j <= n.size(); ++j) d[0][j] = j;
+    for (std::size_t i = 1; i <= word.size(); ++i)
+      for (std::size_t j = 1; j <= n.size(); ++j) {
+        d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (word[i - 1] == n[j - 1] ? 0 : 1)});
+        if (i > 1 && j > 1 && word[i - 1] == n[j - 2] && word[i - 2] == n[j - 1])
+          d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    const std::size_t dist = n.rfind(word, 0) == 0 && !word.empty() ? 1 : d[word.size()][n.size()];
+    if (dist < best_d) best_d = dist, best = n;
+  }
+  return best;
 }
 
 }  // namespace
@@ -51,8 +78,8 @@ int main(int argc, char** argv) {
   cl->add_option("--sim-bandwidth", load.sim_bandwidth, "Copy bandwidth of --device sim in bytes/s, e.g. 12GB (default 25 GB/s; env COLDSTART_SIM_BANDWIDTH)");
   cl->add_flag("--sim-discard", load.sim_discard, "--device sim checksums and discards bytes (models larger than RAM)");
   cl->add_option("--only", load.only, "Load only tensors whose name matches this glob (repeatable)");
-  cl->add_option("--order", load.order, "Fetch order for device loads: file | largest | layer")->capture_default_str();
-  cl->add_option("--convert", load.convert, "Convert BF16 tensors on the device: none | f16 | f32")->capture_default_str();
+  cl->add_option("--order", load.order, "Fetch order for device loads: file | largest | layer (default file)");
+  cl->add_option("--convert", load.convert, "Convert BF16 tensors on the device: none | f16 | f32 (default none)");
   cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
   cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
   cl->add_flag("!--no-torch", load.torch, "Stop at host memory: do not load libtorch or make torch::Tensors");
@@ -86,6 +113,22 @@ int main(int argc, char** argv) {
 
   auto* ce = app.add_subcommand("env", "List the COLDSTART_* environment variables, their defaults and values");
 
+  // CLI11 reads an unknown first word as a stray positional and says "A subcommand is required".
+  if (argc > 1 && argv[1][0] != '-') {
+    std::vector<std::string> names;
+    for (const auto* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+      std::string hint = ClosestName(argv[1], names);
+      if (hint.empty()) {
+        hint = "not one of";
+        for (const auto& n : names) hint += (n == names.front() ? " " : ", ") + n;
+      } else {
+        hint = "did you mean '" + hint + "'?";
+      }
+      std::fprintf(stderr, "coldstart: error: unknown subcommand '%s' (%s)\n", argv[1], hint.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

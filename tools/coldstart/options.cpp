@@ -17,6 +17,7 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags) {
     auto c = ParseBytes(flags.chunk);
     if (!c.ok()) return std::move(c).error().WithContext("--chunk");
     o.read.chunk_bytes = *c;
+    if (auto st = o.read.Validate(); !st.ok()) return std::move(st).error().WithContext("--chunk");
   }
   if (flags.threads) o.read.threads = flags.threads;
   if (flags.queue_depth) o.read.queue_depth = flags.queue_depth;
@@ -39,8 +40,9 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
   if (flags.concurrency) o.fetch.concurrency = flags.concurrency;
   if (!flags.chunk.empty()) {
     auto c = ParseBytes(flags.chunk);
-    if (!c.ok()) return std::move(c).error().WithContext("--chunk");
+    if (!c.ok()) return std::move(c).error().WithContext("--remote-chunk");
     o.fetch.chunk_bytes = *c;
+    if (auto st = o.fetch.Validate(); !st.ok()) return std::move(st).error().WithContext("--remote-chunk");
   }
   if (flags.http2) o.fetch.http2 = true;
   o.http.ca_file = o.fetch.ca_file = flags.cacert;

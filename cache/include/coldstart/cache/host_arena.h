@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "coldstart/cache/memory.h"
 #include "coldstart/core/result.h"
 
 namespace coldstart::cache {
@@ -13,6 +14,12 @@ namespace coldstart::cache {
 struct HostArenaOptions {
   // madvise(MADV_HUGEPAGE): 512x fewer page faults while the arena fills (COLDSTART_HUGE_PAGES).
   bool huge_pages = true;
+  // Bytes of the arena that will be written (a load of a few tensors of a large model touches
+  // only those); 0 = all of it. Allocate refuses, with Errc::kResourceExhausted, when this is
+  // more than AvailableMemoryBytes() (cache/memory.h: the cgroup limit inside a container): the
+  // mapping is MAP_NORESERVE, so without the check the load would end in an OOM kill halfway.
+  std::uint64_t resident_bytes = 0;
+  MemoryProbe probe;  // where that check looks (tests: a fake cgroup tree)
 };
 
 class HostArena {

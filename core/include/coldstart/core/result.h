@@ -46,6 +46,13 @@ struct Error {
 Error MakeError(Errc code, std::string message);
 // message + ": " + strerror(err), with sys_errno set.
 Error MakeSysError(Errc code, std::string message, int err);
+// The code for an errno from opening, stat'ing or listing a path: ENOENT, ENOTDIR and ELOOP
+// (the path does not lead to a file) -> kNotFound, EACCES and EPERM -> kPermissionDenied,
+// ENOSPC, EDQUOT and ENOMEM -> kResourceExhausted, anything else -> kIo. One place, so the
+// CLI's exit codes (README) agree whichever call failed.
+Errc ErrcFromErrno(int err);
+// MakeSysError(ErrcFromErrno(err), message, err).
+Error MakePathError(std::string message, int err);
 
 template <typename T>
 class [[nodiscard]] Result {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "coldstart/core/env.h"
+#include "coldstart/core/file_identity.h"
 #include "coldstart/core/result.h"
 
 namespace coldstart::fetch {
@@ -53,11 +54,16 @@ class LocalFileSet {
   struct File {
     std::string path;
     std::uint64_t size = 0;
+    FileIdentity identity;  // fstat of fd at open time
     int fd = -1;         // buffered
     int direct_fd = -1;  // O_DIRECT, or -1
   };
 
-  static Result<LocalFileSet> Open(std::vector<std::string> paths, DirectIo mode);
+  // `expected` (empty, or one per path): the identity each file had when its header was read;
+  // a file that differs now (rewritten or replaced since) is Errc::kIntegrity. Unknown (default)
+  // identities are not compared.
+  static Result<LocalFileSet> Open(std::vector<std::string> paths, DirectIo mode,
+                                   const std::vector<FileIdentity>& expected = {});
   LocalFileSet() = default;
   LocalFileSet(LocalFileSet&& o) noexcept;
   LocalFileSet& operator=(LocalFileSet&& o) noexcept;
@@ -68,6 +74,12 @@ class LocalFileSet {
   std::span<const File> files() const { return files_; }
   const File& file(std::size_t i) const { return files_[i]; }
   std::size_t size() const { return files_.size(); }
+
+  // Errc::kIntegrity when a file changed while it was being read: its open descriptor (a
+  // rewrite in place) or its path (replaced by another file) no longer matches the identity
+  // recorded at open time. Call after the reads complete: bytes read from a file that changed
+  // may mix old and new contents.
+  Status CheckUnchanged() const;
 
  private:
   void Close();

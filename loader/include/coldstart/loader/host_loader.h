@@ -25,6 +25,9 @@ struct HostLoadOptions {
   fetch::LocalReadOptions read;
   cache::HostArenaOptions arena;
   LoadProgressFn progress;  // optional; called on the loading thread about every 100 ms
+  // Optional: load only the tensors it accepts (by name); only their bytes are read. None
+  // accepted is Errc::kNotFound. Local sources (LoadToHost) only.
+  std::function<bool(const std::string& name)> filter;
 
   // COLDSTART_IO_ENGINE, COLDSTART_DIRECT_IO, COLDSTART_READ_*, COLDSTART_HUGE_PAGES.
   Status ApplyEnv(const Env& env);

@@ -20,6 +20,7 @@ struct ShardFile {
   std::string name;      // relative to the model folder, as the index names it
   std::uint64_t size = 0;
   SafetensorsHeader header;
+  FileIdentity identity;  // local files: as when the header was read (loads refuse a change)
 };
 
 struct TensorEntry {

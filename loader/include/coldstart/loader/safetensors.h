@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "coldstart/core/file_identity.h"
 #include "coldstart/core/result.h"
 
 namespace coldstart::loader {
@@ -65,7 +66,8 @@ Result<std::uint64_t> ParseHeaderLength(std::span<const std::byte> prefix8, std:
 // caller adds it as context.
 Result<SafetensorsHeader> ParseHeader(std::string_view header_json, std::uint64_t file_size);
 // Reads and parses a local file's header; errors are prefixed with the path.
-Result<SafetensorsHeader> ReadHeaderFile(const std::string& path);
+// `identity` (optional) receives the file's identity as it was when the header was read.
+Result<SafetensorsHeader> ReadHeaderFile(const std::string& path, FileIdentity* identity = nullptr);
 
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool IsValidUtf8(std::string_view text);
