@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what is missing, builds, runs every CTest suite.
+# The test command (README, .ci/run): installs what is missing, builds, runs every CTest suite
+# (the short fuzz runs included: their clang tree is build/fuzz), then the ThreadSanitizer suites
+# in build-tsan/ (tools/tsan.sh).
 # The reference `safetensors` package (PyPI) goes into .venv for the cross-check; without
 # network access that one test reports itself skipped.
 set -euo pipefail
@@ -12,5 +14,5 @@ if ! .venv/bin/python -c "import safetensors" 2>/dev/null; then
     || echo "test.sh: could not install safetensors; the reference cross-check will be skipped"
 fi
 bash tools/setup.sh
-cd build
-ctest --output-on-failure -j"$(nproc)" --timeout 600
+(cd build && ctest --output-on-failure -j"$(nproc)" --timeout 600)
+bash tools/tsan.sh
