@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs what is missing, builds, runs every CTest suite.
+# The test command (README, .ci/run): installs what is missing, builds, runs every CTest suite
+# (the short fuzz runs included: their clang tree is build/fuzz), then the ThreadSanitizer suites
+# in build-tsan/ (tools/tsan.sh).
 # The reference `safetensors` package (PyPI) goes into .venv for the cross-check; without
 # network access that one test reports itself skipped.
 set -euo pipefail
@@ -23,5 +25,5 @@ if ! cmake --build build-make --target coldstart -j"$(nproc)" >build-make/build.
   exit 1
 fi
 echo "test.sh: Unix Makefiles build (build-make/) took $((SECONDS - t0)) s"
-cd build
-ctest --output-on-failure -j"$(nproc)" --timeout 600
+(cd build && ctest --output-on-failure -j"$(nproc)" --timeout 600)
+bash tools/tsan.sh

@@ -57,11 +57,13 @@ class HttpClientTest : public ::testing::Test {
     return it == last_headers_.end() ? "<absent>" : it->second;
   }
 
-  LoopbackServer srv_;
   std::mutex mu_;
   std::set<int> ports_;
   httplib::Headers last_headers_;
   std::string last_body_;
+  // Last, so it is destroyed first: the server stops and joins its workers before the state
+  // its handlers write goes away (ThreadSanitizer saw a handler's write race the destructor).
+  LoopbackServer srv_;
 };
 
 TEST_F(HttpClientTest, UserAgentHeadersAndBody) {

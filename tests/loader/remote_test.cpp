@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -514,11 +515,14 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   Md5 md5;
   md5.Update(body.data(), body.size());
   const std::string good = md5.Base64Digest();
-  std::string served_md5 = good;
+  const std::string wrong = Base64Encode(std::string(16, 'x'));
+  // Switched while the server runs: atomic, as the server's threads read it (a plain string
+  // assigned here raced the handler under ThreadSanitizer).
+  std::atomic<bool> serve_wrong{false};
   coldstart::testing::LoopbackServer loop;
   httplib::Server& svr = loop.server();
   svr.Get("/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
-    res.set_header("x-goog-hash", "md5=" + served_md5);
+    res.set_header("x-goog-hash", "md5=" + (serve_wrong.load() ? wrong : good));
     res.set_content(body, "application/octet-stream");  // httplib answers Range itself
   });
   loop.Start();
@@ -541,7 +545,7 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   auto p = Prefetch(*open(), dest.path(), PrefetchOptions{});
   ASSERT_TRUE(p.ok()) << p.error().message;
   EXPECT_EQ(p->verified_md5, 1u);
-  served_md5 = Base64Encode(std::string(16, 'x'));
+  serve_wrong.store(true);
   auto bad = OpenRemoteModel(open());
   ASSERT_TRUE(bad.ok());
   auto m2 = LoadRemoteToHost(std::move(bad).value(), HostLoadOptions{});
