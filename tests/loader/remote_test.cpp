@@ -235,13 +235,16 @@ TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
     server_->AddFault(f);
   }
   TempDir dest;
-  // Every range in flight at once (24 of 256 KiB), so each shard has finished ranges by the
-  // time the run is cancelled, whatever order the transport starts them in.
+  // Every range in flight at once, no retry of the stalled ones (a 20 s stall window), and the
+  // run cancelled once every other byte is in: each shard then has all ranges but one done,
+  // whatever order the transport started them in and however loaded the machine is.
   auto wide = Options();
   wide.fetch.concurrency = 32;
+  wide.fetch.retry.stall_timeout_s = 20;
   auto s = Session("gs://bkt/models/m", wide, EmulatorEnv());
   PrefetchOptions stop;
-  stop.progress = [](std::uint64_t done, std::uint64_t) { return done < (2u << 20); };
+  const std::uint64_t all_but_stalled = ModelBytes() - 3 * ((256u << 10) - 100000);
+  stop.progress = [all_but_stalled](std::uint64_t done, std::uint64_t) { return done < all_but_stalled; };
   auto first = Prefetch(*s, dest.path(), stop);
   ASSERT_FALSE(first.ok());
   EXPECT_EQ(first.error().code, Errc::kCancelled);
