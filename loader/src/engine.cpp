@@ -261,14 +261,15 @@ class StagingRing {
     return p;
   }
   void Release(std::byte* p) {
-    std::function<void()> cb;
     {
       std::lock_guard lk(mu_);
       free_.push_back(p);
-      cb = space_;
     }
     cv_.notify_all();
-    if (cb) cb();
+    // Under cb_mu_: once SetSpaceCallback(nullptr) returns, no call of the old callback runs
+    // (it may point at a source's stack).
+    std::lock_guard cl(cb_mu_);
+    if (space_) space_();
   }
   // Until every slot is back (copies done).
   void WaitAllFree() {
@@ -276,7 +277,7 @@ class StagingRing {
     cv_.wait(lk, [&] { return free_.size() == slots_; });
   }
   void SetSpaceCallback(std::function<void()> cb) {
-    std::lock_guard lk(mu_);
+    std::lock_guard lk(cb_mu_);
     space_ = std::move(cb);
   }
   std::size_t slots() const { return slots_; }
@@ -292,7 +293,8 @@ class StagingRing {
   std::condition_variable cv_;
   std::vector<std::byte*> free_;  // GUARDED_BY(mu_)
   std::size_t peak_ = 0;
-  std::function<void()> space_;
+  std::mutex cb_mu_;
+  std::function<void()> space_;  // GUARDED_BY(cb_mu_)
 };
 
 // The process's staging memory: pinned host memory is slow to allocate (cudaHostAlloc of 1 GiB

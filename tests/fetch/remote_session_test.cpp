@@ -2,6 +2,8 @@
 // metadata JSON, redirects, wrong messages.
 #include <gtest/gtest.h>
 
+#include <mutex>
+
 #include <atomic>
 #include <string>
 
@@ -38,9 +40,11 @@ std::shared_ptr<RemoteSession> Open(const std::string& url, const RemoteOptions&
 // A listing whose item has "size": null used to terminate the process (nlohmann's get<> threw
 // type_error out of ListGcs); "12x" was read as 12.
 TEST(RemoteSessionJson, MalformedListingIsOneFormatErrorNamingTheUrl) {
+  std::mutex mu;  // the handler runs on a server thread
   std::string listing;
   LoopbackServer loop;
   loop.server().Get(R"(/storage/v1/b/bkt/o)", [&](const httplib::Request&, httplib::Response& res) {
+    std::lock_guard lk(mu);
     res.set_content(listing, "application/json");
   });
   loop.server().Get(R"(/storage/v1/b/bkt/o/(.*))", [&](const httplib::Request&, httplib::Response& res) {
@@ -51,7 +55,10 @@ TEST(RemoteSessionJson, MalformedListingIsOneFormatErrorNamingTheUrl) {
                                  R"({"items":[{"name":"m/a","size":"12x","generation":"1"}]})",
                                  R"({"items":[{"name":"m/a","size":"1","generation":"1"}],"nextPageToken":7})",
                                  R"({"items":"m/a"})", "<html>"}) {
-    listing = body;
+    {
+      std::lock_guard lk(mu);
+      listing = body;
+    }
     auto s = Open("gs://bkt/m", FastOptions(loop.url("")));
     ASSERT_TRUE(s);
     auto files = s->List();
@@ -62,7 +69,10 @@ TEST(RemoteSessionJson, MalformedListingIsOneFormatErrorNamingTheUrl) {
     EXPECT_EQ(files.error().message.find("maxResults"), std::string::npos) << "query string leaked";
   }
   // A single object whose metadata says "size": "12x".
-  listing = "{}";
+  {
+    std::lock_guard lk(mu);
+    listing = "{}";
+  }
   auto s = Open("gs://bkt/m/x", FastOptions(loop.url("")));
   auto files = s->List();
   ASSERT_FALSE(files.ok());

@@ -17,11 +17,12 @@ namespace {
 
 struct Served {
   std::string body;
-  coldstart::testing::LoopbackServer loop;
   std::mutex mu;
   std::vector<std::uint64_t> starts;  // Range start of every GET, in arrival order
   std::set<std::string> peers;        // remote ports: one per TCP connection
   std::atomic<int> delay_ms{0};
+  // Last: stopped (its handler threads joined) before the state they write is destroyed.
+  coldstart::testing::LoopbackServer loop;
 
   explicit Served(std::size_t size, std::uint64_t seed = 1) : body(size, '\0') {
     std::mt19937_64 rng(seed);
