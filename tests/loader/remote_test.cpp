@@ -228,16 +228,9 @@ INSTANTIATE_TEST_SUITE_P(
 // An interrupted prefetch keeps its verified ranges: the next run fetches only the rest. A
 // partial of an object that changed generation, or left the source, is removed.
 TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
-  // One range of each shard stalls: the rest arrives, then the run is cancelled.
-  for (const char* shard : {"1", "2", "3"}) {
-    FaultSpec f = Fault(FaultSpec::Kind::kStall, 100000, 1, 0, 3.0);
-    f.object_glob = std::string("bkt/models/m/model-0000") + shard + "-of-00003.safetensors";
-    server_->AddFault(f);
-  }
   TempDir dest;
   // Every range in flight at once, no retry of the stalled ones (a 20 s stall window), and the
-  // run cancelled once every other byte is in: each shard then has all ranges but one done,
-  // whatever order the transport started them in and however loaded the machine is.
+  // run cancelled once every other byte is in: each shard then has all ranges but one done.
   auto wide = Options();
   wide.fetch.concurrency = 32;
   wide.fetch.retry.stall_timeout_s = 20;
@@ -245,9 +238,6 @@ TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
   PrefetchOptions stop;
   const std::uint64_t all_but_stalled = ModelBytes() - 3 * ((256u << 10) - 100000);
   stop.progress = [all_but_stalled](std::uint64_t done, std::uint64_t) { return done < all_but_stalled; };
-  auto first = Prefetch(*s, dest.path(), stop);
-  ASSERT_FALSE(first.ok());
-  EXPECT_EQ(first.error().code, Errc::kCancelled);
   auto partials = [&] {
     std::set<std::string> names;
     for (const auto& e : fs::directory_iterator(dest.path())) {
@@ -256,8 +246,29 @@ TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
     }
     return names;
   };
-  auto kept = partials();
-  ASSERT_EQ(kept.size(), 3u) << "every shard was unfinished";
+  // Setting up "every shard unfinished" depends on timing (under ThreadSanitizer one shard in a
+  // few runs had no finished range when the cancel came): the set-up is retried, the checks
+  // below are not.
+  std::set<std::string> kept;
+  std::string seen;
+  for (int attempt = 0; attempt < 4 && kept.size() != 3; ++attempt) {
+    for (const auto& e : fs::directory_iterator(dest.path())) fs::remove_all(e.path());
+    server_->ClearFaults();
+    // One range of each shard stalls: the rest arrives, then the run is cancelled.
+    for (const char* shard : {"1", "2", "3"}) {
+      FaultSpec f = Fault(FaultSpec::Kind::kStall, 100000, 1, 0, 3.0);
+      f.object_glob = std::string("bkt/models/m/model-0000") + shard + "-of-00003.safetensors";
+      server_->AddFault(f);
+    }
+    auto first = Prefetch(*s, dest.path(), stop);
+    ASSERT_FALSE(first.ok());
+    EXPECT_EQ(first.error().code, Errc::kCancelled);
+    kept = partials();
+    seen.clear();
+    for (const auto& e : fs::directory_iterator(dest.path())) seen += e.path().filename().string() + " ";
+  }
+  server_->ClearFaults();
+  ASSERT_EQ(kept.size(), 3u) << "every shard was unfinished; left: " << seen;
   // One object is overwritten (a new generation), another leaves the source, the third resumes.
   auto it = kept.begin();
   const std::string changed = *it++, gone = *it;
