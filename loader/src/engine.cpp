@@ -1089,6 +1089,16 @@ class LoadRun final : public LoadHandle {
   std::thread thread_;
 };
 
+LoadOptions ToLoadOptions(const HostLoadOptions& host) {
+  LoadOptions o;
+  o.device = DeviceSpec{DeviceKind::kCpu, 0};
+  o.read = host.read;
+  o.arena = host.arena;
+  o.progress = host.progress;
+  o.filter = host.filter;
+  return o;
+}
+
 std::uint64_t StagingPoolReuses() { return StagingPool::Get().reused(); }
 
 Result<std::shared_ptr<LoadHandle>> StartLoad(OpenedModel model, LoadOptions options, Timeline timeline) {

@@ -48,15 +48,9 @@ const HostTensor* HostModel::Find(std::string_view name) const {
 }
 
 Result<std::shared_ptr<HostModel>> LoadToHost(ModelLayout layout, const HostLoadOptions& options) {
-  LoadOptions o;
-  o.device = DeviceSpec{DeviceKind::kCpu, 0};
-  o.read = options.read;
-  o.arena = options.arena;
-  o.progress = options.progress;
-  o.filter = options.filter;
   OpenedModel m;
   m.local = std::move(layout);
-  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));
+  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), ToLoadOptions(options)));
   CS_RETURN_IF_ERROR(handle->WaitAll());
   return handle->host_model();
 }

@@ -155,15 +155,9 @@ Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
 
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats) {
-  LoadOptions o;
-  o.device = DeviceSpec{DeviceKind::kCpu, 0};
-  o.read = options.read;
-  o.arena = options.arena;
-  o.progress = options.progress;
-  o.filter = options.filter;
   OpenedModel m;
   m.remote = std::move(rm);
-  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), std::move(o)));
+  CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), ToLoadOptions(options)));
   auto st = handle->WaitAll();
   if (stats) {
     stats->fetch = handle->source_stats().fetch;

@@ -204,6 +204,9 @@ class LoadHandle {
   virtual const SourceStats& source_stats() const = 0;
 };
 
+// A host (--device cpu) load with these options.
+LoadOptions ToLoadOptions(const HostLoadOptions& host);
+
 // Loads that took their staging memory from the process's pool instead of allocating it.
 std::uint64_t StagingPoolReuses();
 
