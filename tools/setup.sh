@@ -41,6 +41,12 @@ fi
 if ((build)); then
   cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
   if [[ -x .venv/bin/python ]]; then cmake_args+=("-DCOLDSTART_TEST_PYTHON=$PWD/.venv/bin/python"); fi
+  # ccache, where installed, makes a re-build of unchanged files free (paths relative to the
+  # checkout, so a fresh clone elsewhere still hits).
+  if command -v ccache >/dev/null; then
+    cmake_args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+    export CCACHE_BASEDIR="$PWD"
+  fi
   cmake -S . -B build "${cmake_args[@]}" >/dev/null
   # 2 cores: libtorch translation units need ~1 GiB each; -j2 is safe on 8 GiB and up.
   ninja -C build -j"${COLDSTART_JOBS:-$(nproc)}" | grep -v '^\[' || true
