@@ -13,6 +13,7 @@ side in one run:
     Run:ai's default strategy (io_uring_direct, what its Python front gets) reads with O_DIRECT,
     which does not use the warm page cache; buffered reads are its best case here.
 
+  ninja -C build coldstart runai_driver seqread
   python3 bench/runai_compare.py [--size 2GiB] [--runs 5] [--model DIR] [--json OUT]
       [--preset gemma-3-1b] [--python .venv-bench/bin/python] [--no-buffered]
 
@@ -22,11 +23,12 @@ The Run:ai side needs a virtualenv with runai-model-streamer and torch (not part
 Every process is timed from spawn to exit (wall); CPU (user, system) and peak RSS come from wait4.
 Noise: before every timed run the harness reads every file (page cache warm), checks with fincore
 that every byte is resident (the run is retried once after another read if not, and the residency
-is recorded), then has a child process touch and free `--prime` bytes of fresh anonymous memory:
-this VM reports freed pages to its host (virtio-balloon free page reporting, after ~2 s), so the
-first process to fault in memory after another has exited pays seconds of system time; priming
-right before the timed process makes the harness pay that instead of whichever contender comes
-first. Contenders run interleaved (A B C D, A B C D, ...) after one untimed warm-up round; medians
+is recorded), then has a child process (build/bench/seqread --keep) fault in and free `--prime` bytes (default
+model + 1 GiB) of anonymous memory with transparent huge pages, as the loaders allocate theirs:
+this VM reports freed pages to its host (virtio-balloon free page reporting), so a process that
+faults in memory the host has taken back pays up to seconds of system time; priming right before
+the timed process makes the harness pay that instead of the contender (at 256 MiB it turned a
+bimodal 0.05 s / 0.2-0.4 s `coldstart load --no-torch` into a steady 0.06-0.10 s). Contenders run interleaved (A B C D, A B C D, ...) after one untimed warm-up round; medians
 and minima are reported. Before timing, the bytes are checked once: the driver compares every range
 with pread(), and the Python front's tensors are hashed and compared with `coldstart load --digest`.
 """
@@ -49,6 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 CS = os.path.join(BUILD, "coldstart")
 DRIVER = os.path.join(BUILD, "bench", "runai_driver")
+SEQREAD = os.path.join(BUILD, "bench", "seqread")
 
 # The Python front as a user would write it: stream every file, keep every tensor. With --verify
 # it prints each tensor's SHA-256 instead of the counts (checking, not timing).
@@ -96,11 +99,14 @@ def resident_fraction(files):
     return res / size if size else 1.0
 
 
-def prime(nbytes):
-    """Faults in and frees nbytes of anonymous memory, in a child process so that the harness's own
-    peak RSS (which exec passes on to every child's ru_maxrss) stays small (see the module doc)."""
+def prime(files, total, nbytes):
+    """Faults in and frees at least nbytes of anonymous memory the way the loaders allocate theirs
+    (seqread --keep: one mmap with transparent huge pages, filled by read() from the files, read as
+    many times as needed), in a child process so that the harness's own peak RSS (which exec passes
+    on to every child's ru_maxrss) stays small. See the module doc."""
     if nbytes > 0:
-        subprocess.run([sys.executable, "-c", f"b = b'\\x01' * {nbytes}"], check=True)
+        times = -(-nbytes // total)
+        subprocess.run([SEQREAD, "--keep"] + files * times, check=True, stdout=subprocess.DEVNULL)
 
 
 def find_libstreamer(python):
@@ -134,8 +140,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="2GiB")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--model", default="", help="model folder (default /tmp/bench-SIZE[-PRESET], synthesised if missing)")
-    ap.add_argument("--preset", default="", help="coldstart synth --preset (default: synth's own, tiny)")
+    ap.add_argument("--model", default="", help="model folder (default /tmp/bench-SIZE-PRESET, synthesised if missing)")
+    # As bench/local_load.py: 2 GiB is 2 BF16 shards of 379 tensors. synth's own default preset (tiny)
+    # reaches 2 GiB with 18k layers: one file of 234k tensors of ~9 KiB, which no real model has.
+    ap.add_argument("--preset", default="gemma-3-1b", help="coldstart synth --preset (default gemma-3-1b)")
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
                     help="python with runai-model-streamer and torch")
     ap.add_argument("--prime", default="", help="bytes of memory to fault in before each run (default model + 1GiB)")
@@ -144,10 +152,9 @@ def main():
                     help="skip the extra row of Run:ai's C library forced to buffered reads")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
-    model = a.model or "/tmp/bench-" + a.size.lower() + ("-" + a.preset if a.preset else "")
+    model = a.model or f"/tmp/bench-{a.size.lower()}-{a.preset}"
     if not os.path.exists(os.path.join(model, "config.json")):
-        preset = ["--preset", a.preset] if a.preset else []
-        subprocess.run([CS, "synth", model, "--size", a.size, "--seed", "1"] + preset, check=True)
+        subprocess.run([CS, "synth", model, "--preset", a.preset, "--size", a.size, "--seed", "1"], check=True)
     files = sorted(glob.glob(os.path.join(model, "*.safetensors")))
     total = sum(os.path.getsize(f) for f in files)
     prime_bytes = parse_size(a.prime) if a.prime else total + (1 << 30)
@@ -177,7 +184,7 @@ def main():
             res = resident_fraction(files)
             if res is None or res >= 0.999:
                 break
-        prime(prime_bytes)
+        prime(files, total, prime_bytes)
         cmd, env = tools[name]
         r = run_rusage(cmd, env=env)
         row = {"tool": name, "round": rnd, "bytes": total, "wall_s": round(r["wall"], 4),

@@ -7,12 +7,13 @@
 // The safetensors headers are read with pread() (the Python front reads them through the streamer:
 // two tiny submissions). Compiled against no Run:ai header: the symbols are taken with dlsym and
 // declared here as libstreamer/__init__.py declares them for ctypes. Prints one JSON row.
-//   runai_driver [--whole-file] [--submission-per-file] [--verify] LIBSTREAMER_SO FILE...
+//   runai_driver [--whole-file] [--one-submission] [--verify] LIBSTREAMER_SO FILE...
 // --whole-file submits one range per file (the data section) instead of one per tensor;
-// --submission-per-file makes one submission per file instead of one for all; --verify compares
+// --one-submission makes one submission for all files instead of one per file; --verify compares
 // every byte with pread() afterwards (for checking the harness, not for timing).
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -113,11 +114,11 @@ T Sym(void* lib, const char* name) {
 
 int main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
-  bool whole_file = false, per_file = false, verify = false;
+  bool whole_file = false, per_file = true, verify = false;
   int i = 1;
   for (; i < argc && std::strncmp(argv[i], "--", 2) == 0; ++i) {
     if (std::strcmp(argv[i], "--whole-file") == 0) whole_file = true;
-    else if (std::strcmp(argv[i], "--submission-per-file") == 0) per_file = true;
+    else if (std::strcmp(argv[i], "--one-submission") == 0) per_file = false;
     else if (std::strcmp(argv[i], "--verify") == 0) verify = true;
     else {
       std::fprintf(stderr, "runai_driver: unknown option %s\n", argv[i]);
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
     }
   }
   if (argc - i < 2) {
-    std::fprintf(stderr, "usage: runai_driver [--whole-file] [--submission-per-file] [--verify] LIBSTREAMER_SO FILE...\n");
+    std::fprintf(stderr, "usage: runai_driver [--whole-file] [--one-submission] [--verify] LIBSTREAMER_SO FILE...\n");
     return 2;
   }
   void* lib = ::dlopen(argv[i], RTLD_NOW | RTLD_LOCAL);
@@ -161,15 +162,20 @@ int main(int argc, char** argv) {
   rc = probe(streamer, paths.data(), static_cast<unsigned>(paths.size()), &block);
   if (block == 0) block = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 
-  // One buffer per file (numpy's np.empty is malloc), each range placed so that its address and its
-  // file offset leave the same remainder modulo the block.
+  // One buffer per file, each range placed so that its address and its file offset leave the same
+  // remainder modulo the block.
   std::size_t total = 0, num_ranges = 0;
   std::vector<std::uint32_t> counts;
   std::vector<std::size_t> offsets, sizes;
   std::vector<void*> dsts;
   for (auto& f : files) {
-    char* raw = static_cast<char*>(std::malloc(f.data_size + 2 * block));
+    const std::size_t bytes = f.data_size + 2 * block;
+    char* raw = static_cast<char*>(std::malloc(bytes));
     if (raw == nullptr) return 1;
+    if (bytes >= (4u << 20)) {  // numpy's default_malloc
+      const std::size_t skip = 4096 - reinterpret_cast<std::uintptr_t>(raw) % 4096;
+      ::madvise(raw + skip, bytes - skip, MADV_HUGEPAGE);
+    }
     const auto addr = reinterpret_cast<std::uintptr_t>(raw);
     f.buffer = raw + ((f.data_start % block) + block - addr % block) % block;
     counts.push_back(static_cast<std::uint32_t>(f.ranges.size()));
