@@ -5,10 +5,11 @@ import sys
 import time
 
 
-def run_rusage(cmd, check=True):
-    """Runs cmd; returns wall seconds (spawn to exit), CPU seconds and peak RSS from wait4."""
+def run_rusage(cmd, check=True, env=None):
+    """Runs cmd; returns wall seconds (spawn to exit), CPU seconds (user + system, and each) and peak
+    RSS from wait4."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     out = p.stdout.read()
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
@@ -16,5 +17,6 @@ def run_rusage(cmd, check=True):
     code = os.waitstatus_to_exitcode(status)
     if check and code != 0:
         sys.exit(f"{' '.join(cmd[:4])} failed ({code}): {err.decode()[-2000:]}")
-    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024.0,
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "user": ru.ru_utime, "sys": ru.ru_stime,
+            "rss_mib": ru.ru_maxrss / 1024.0,
             "out": out.decode(), "code": code}
