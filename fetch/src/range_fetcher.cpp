@@ -723,6 +723,14 @@ std::optional<Transport::Pick> Transport::Next() {
     return Pick{j, i};
   };
   auto open = [](const Job& j) { return !j.stop && j.inflight - j.on_stream.load() < j.opt.concurrency; };
+  // The jobs share one connection budget (the largest concurrency any asks for), whatever the
+  // number of fetch threads: a second job competes for these connections, kNow first.
+  unsigned budget = 0, used = 0;
+  for (const auto& j : jobs_) {
+    budget = std::max(budget, j->opt.concurrency);
+    used += j->inflight - j->on_stream.load();
+  }
+  if (used >= budget) return std::nullopt;
   // A range someone waits for now goes first, whatever its job's priority.
   for (const auto& j : jobs_) {
     if (!open(*j)) continue;
@@ -906,11 +914,9 @@ void Transport::Worker(unsigned index) {
     // Ranges waiting to retry keep their destination, so they count against the slots.
     while (active.size() + waiting.size() < slots) {
       std::optional<Pick> pick;
-      bool orphan = false;
       if (!orphans.empty()) {
         pick = Pick{std::move(orphans.front().first), orphans.front().second};
         orphans.pop_front();
-        orphan = true;
       } else {
         pick = Next();
       }
@@ -919,7 +925,6 @@ void Transport::Worker(unsigned index) {
       const std::size_t i = pick->index;
       // A range of an object whose server ignores Range waits for that object's stream.
       if (job->ranges[i].length > 0 && QueueOnStream(job, i)) continue;
-      (void)orphan;
       if (job->ranges[i].length == 0) {
         if (auto st = job->cb.done(i, nullptr, 0); !st.ok()) job->Fail(std::move(st).error());
         Completed(job);

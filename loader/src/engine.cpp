@@ -265,16 +265,10 @@ class StagingRing {
       std::lock_guard lk(mu_);
       free_.push_back(p);
     }
-    cv_.notify_all();
     // Under cb_mu_: once SetSpaceCallback(nullptr) returns, no call of the old callback runs
     // (it may point at a source's stack).
     std::lock_guard cl(cb_mu_);
     if (space_) space_();
-  }
-  // Until every slot is back (copies done).
-  void WaitAllFree() {
-    std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return free_.size() == slots_; });
   }
   void SetSpaceCallback(std::function<void()> cb) {
     std::lock_guard lk(cb_mu_);
@@ -290,7 +284,6 @@ class StagingRing {
   std::uint64_t slot_;
   std::size_t slots_ = 0;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
   std::vector<std::byte*> free_;  // GUARDED_BY(mu_)
   std::size_t peak_ = 0;
   std::mutex cb_mu_;
@@ -498,7 +491,6 @@ class FileSink final : public Sink {
       if (::rename(f.temp_path.c_str(), f.final_path.c_str()) != 0)
         return MakeSysError(Errc::kIo, f.final_path + ": rename", errno);
       f.temp_path.clear();
-      ++written_;
     }
     return OkStatus();
   }
@@ -529,7 +521,6 @@ class FileSink final : public Sink {
   const ModelLayout& m_;
   const Plan& plan_;
   std::vector<File> files_;
-  unsigned written_ = 0;
 };
 
 class TeeSink final : public Sink {
