@@ -171,6 +171,13 @@ class CudaCopyEngine final : public CopyEngine {
       lane->stream.reset(s);
       engine->lanes_.push_back(std::move(lane));
     }
+    {
+      cudaStream_t s = nullptr;
+      if (cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking); e != cudaSuccess) {
+        return CudaError("--device " + dev + ": creating the marker stream", e);
+      }
+      engine->marker_.reset(s);
+    }
     engine->completion_ = std::thread([raw = engine.get()] { raw->CompletionLoop(); });
     return std::unique_ptr<CopyEngine>(std::move(engine));
   }
@@ -188,6 +195,7 @@ class CudaCopyEngine final : public CopyEngine {
     // Streams, events and scratch go with the device current, whatever the caller's is.
     DeviceGuard guard(device_);
     lanes_.clear();
+    marker_.reset();
     free_events_.clear();
   }
 
@@ -277,6 +285,46 @@ class CudaCopyEngine final : public CopyEngine {
                            DeviceName(device_),
                        e);
     }
+    return OkStatus();
+  }
+
+  // Every lane's stream records an event (capturing what was enqueued on it so far), the
+  // marker stream waits on all of them, and the join event is recorded on the marker stream:
+  // one event that covers copies spread over several streams, without the host waiting.
+  Result<DeviceEvent> RecordJoinEvent() override {
+    DeviceGuard guard(device_);
+    if (guard.status() != cudaSuccess) return CudaError("selecting " + DeviceName(device_), guard.status());
+    std::lock_guard marker_lock(marker_mu_);
+    for (auto& lane : lanes_) {
+      std::lock_guard lane_lock(lane->mu);
+      cudaEvent_t tmp = nullptr;
+      if (cudaError_t e = cudaEventCreateWithFlags(&tmp, cudaEventDisableTiming); e != cudaSuccess)
+        return CudaError("cudaEventCreate on " + DeviceName(device_), e);
+      EventPtr owned(tmp);  // destroying a recorded event is allowed: freed once it completes
+      if (cudaError_t e = cudaEventRecord(tmp, lane->stream.get()); e != cudaSuccess)
+        return CudaError("cudaEventRecord on " + DeviceName(device_), e);
+      if (cudaError_t e = cudaStreamWaitEvent(marker_.get(), tmp, 0); e != cudaSuccess)
+        return CudaError("cudaStreamWaitEvent on " + DeviceName(device_), e);
+    }
+    cudaEvent_t join = nullptr;
+    if (cudaError_t e = cudaEventCreateWithFlags(&join, cudaEventDisableTiming); e != cudaSuccess)
+      return CudaError("cudaEventCreate on " + DeviceName(device_), e);
+    if (cudaError_t e = cudaEventRecord(join, marker_.get()); e != cudaSuccess) {
+      cudaEventDestroy(join);
+      return CudaError("cudaEventRecord on " + DeviceName(device_), e);
+    }
+    const int device = device_;
+    return DeviceEvent(reinterpret_cast<std::uintptr_t>(join), 0, [device](std::uintptr_t ev) {
+      DeviceGuard g(device);
+      cudaEventDestroy(reinterpret_cast<cudaEvent_t>(ev));
+    });
+  }
+
+  Status WaitEvent(std::uintptr_t event) override {
+    if (event == 0) return MakeError(Errc::kInvalidArgument, "waiting for a null CUDA event");
+    DeviceGuard guard(device_);
+    if (cudaError_t e = cudaEventSynchronize(reinterpret_cast<cudaEvent_t>(event)); e != cudaSuccess)
+      return CudaError("cudaEventSynchronize on " + DeviceName(device_), e);
     return OkStatus();
   }
 
@@ -469,6 +517,8 @@ class CudaCopyEngine final : public CopyEngine {
   const int device_;
   const std::string name_;
   std::vector<std::unique_ptr<Lane>> lanes_;  // fixed after Make()
+  StreamPtr marker_;       // joins the lanes for RecordJoinEvent; fixed after Make()
+  std::mutex marker_mu_;   // one join at a time on the marker stream
   std::atomic<std::uint64_t> next_lane_{0};
 
   std::mutex events_mu_;

@@ -334,12 +334,72 @@ std::uint64_t DefaultStagingBudget() { return std::min<std::uint64_t>(2ull << 30
 
 // Chunks land in a ring of staging buffers; each filled buffer goes to the copy engine and is
 // reused as soon as its copies are done.
+// The join event of each layer of a device load (LoadHandle::LayerEvent): recorded by the
+// sink's dispatching threads as soon as every copy of the layer is submitted, so a compute
+// stream can queue the layer's work behind its copies while they are still in flight. Owned by
+// the load (it outlives the sink).
+class LayerEvents {
+ public:
+  explicit LayerEvents(std::size_t layers) : events_(layers), recorded_(layers, 0), errors_(layers) {}
+
+  void Record(int layer, Result<DeviceEvent> ev) {
+    {
+      std::lock_guard lk(mu_);
+      const auto i = static_cast<std::size_t>(layer);
+      if (ev.ok()) {
+        events_[i] = std::move(ev).value();
+      } else {
+        errors_[i] = std::move(ev).error();
+      }
+      recorded_[i] = 1;
+    }
+    cv_.notify_all();
+  }
+  void Finish(const Status& st) {
+    {
+      std::lock_guard lk(mu_);
+      finished_ = st;
+    }
+    cv_.notify_all();
+  }
+  Result<std::uintptr_t> Wait(int layer) {
+    if (layer < 0 || static_cast<std::size_t>(layer) >= events_.size())
+      return MakeError(Errc::kNotFound, "no selected tensor belongs to layer " + std::to_string(layer));
+    const auto i = static_cast<std::size_t>(layer);
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return recorded_[i] || finished_.has_value(); });
+    if (recorded_[i]) {
+      if (errors_[i]) return *errors_[i];
+      return events_[i].ptr();
+    }
+    if (!finished_->ok()) return finished_->error();
+    return MakeError(Errc::kNotFound, "no selected tensor belongs to layer " + std::to_string(layer));
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<DeviceEvent> events_;         // GUARDED_BY(mu_)
+  std::vector<std::uint8_t> recorded_;      // GUARDED_BY(mu_)
+  std::vector<std::optional<Error>> errors_;  // GUARDED_BY(mu_)
+  std::optional<Status> finished_;          // GUARDED_BY(mu_)
+};
+
 class DeviceSink final : public Sink {
  public:
   DeviceSink(const Plan& plan, LoadState& state, std::uintptr_t device_base, CopyEngine& engine, std::string device,
-             StagingMemory mem, std::uint64_t slot_bytes, std::uint64_t slots)
+             StagingMemory mem, std::uint64_t slot_bytes, std::uint64_t slots, const std::vector<int>& layer_of,
+             LayerEvents* layer_events)
       : plan_(plan), state_(state), base_(device_base), engine_(engine), device_(std::move(device)), mem_(std::move(mem)),
-        ring_(&mem_, slot_bytes, slots), slot_of_(plan.chunks.size(), nullptr) {}
+        ring_(&mem_, slot_bytes, slots), slot_of_(plan.chunks.size(), nullptr), layer_of_(layer_of),
+        layer_events_(layer_events) {
+    std::size_t layers = 0;
+    for (int l : layer_of_) layers = std::max(layers, static_cast<std::size_t>(l + 1));
+    unsubmitted_ = std::vector<std::atomic<std::uint32_t>>(layers);
+    for (const Chunk& c : plan_.chunks)
+      for (const Piece& pc : c.pieces)
+        if (layer_of_[pc.tensor] >= 0) ++unsubmitted_[static_cast<std::size_t>(layer_of_[pc.tensor])];
+  }
   ~DeviceSink() override {
     // Copies read the staging memory: it goes back to the pool only once they are drained.
     (void)engine_.Drain();
@@ -397,6 +457,7 @@ class DeviceSink final : public Sink {
       if (pc.len == 0) {  // zero-size tensor: ready at once
         state_.BytesLanded(pc.tensor, 0);
         if (refs->fetch_sub(1) == 1 && slot) ring_.Release(slot);
+        PieceSubmitted(pc.tensor);
         continue;
       }
       const Conversion conv = plan_.conversion[pc.tensor];
@@ -415,7 +476,16 @@ class DeviceSink final : public Sink {
         Fail(std::move(st).error());
         if (refs->fetch_sub(1) == 1 && slot) ring_.Release(slot);
       }
+      PieceSubmitted(pc.tensor);
     }
+  }
+  // The last piece of a layer is on its way to the device: its join event covers it (and
+  // every copy submitted before it).
+  void PieceSubmitted(std::uint32_t t) {
+    const int layer = layer_of_[t];
+    if (layer < 0 || !layer_events_) return;
+    if (unsubmitted_[static_cast<std::size_t>(layer)].fetch_sub(1) == 1)
+      layer_events_->Record(layer, engine_.RecordJoinEvent());
   }
 
   const Plan& plan_;
@@ -426,6 +496,9 @@ class DeviceSink final : public Sink {
   StagingMemory mem_;
   StagingRing ring_;
   std::vector<std::byte*> slot_of_;  // chunk -> its slot while reserved
+  const std::vector<int>& layer_of_;  // per layout tensor
+  LayerEvents* layer_events_;
+  std::vector<std::atomic<std::uint32_t>> unsubmitted_;  // per layer: pieces not yet submitted
   std::atomic<std::uint64_t> h2d_bytes_{0}, copies_{0};
   std::atomic<std::int64_t> first_submit_{0}, last_copy_{0};
   std::mutex mu_;
@@ -823,6 +896,8 @@ class LoadRun final : public LoadHandle {
       for (const auto& t : l.tensors) l.total_bytes += t.nbytes;
     }
     const ModelLayout& m = layout();
+    layer_of_.resize(m.tensors.size());
+    for (std::uint32_t i = 0; i < m.tensors.size(); ++i) layer_of_[i] = TensorLayer(m.tensors[i].name);
     PlanOptions po;
     if (!host) po.filter = o_.filter;
     po.order = o_.order;
@@ -883,7 +958,11 @@ class LoadRun final : public LoadHandle {
                                                      "; raise --staging-bytes or lower the chunk size");
       const std::string key = o_.device.ToString();
       CS_ASSIGN_OR_RETURN(auto mem, StagingPool::Get().Take(key, slots * slot, *device_->engine_));
-      auto ds = std::make_unique<DeviceSink>(plan_, *state_, device_->memory_.ptr(), *device_->engine_, key, std::move(mem), slot, slots);
+      std::size_t layers = 0;
+      for (auto t : plan_.selected) layers = std::max(layers, static_cast<std::size_t>(layer_of_[t] + 1));
+      layer_events_ = std::make_unique<LayerEvents>(layers);
+      auto ds = std::make_unique<DeviceSink>(plan_, *state_, device_->memory_.ptr(), *device_->engine_, key, std::move(mem), slot, slots,
+                                             layer_of_, layer_events_.get());
       device_sink_ = ds.get();
       sink_ = std::move(ds);
       auto& s = device_->stats_;
@@ -912,8 +991,6 @@ class LoadRun final : public LoadHandle {
     }
     for (std::uint32_t i = 0; i < m.tensors.size(); ++i)
       if (plan_.dev_offset[i] != UINT64_MAX) names_.emplace(m.tensors[i].name, i);
-    layer_of_.resize(m.tensors.size());
-    for (std::uint32_t i = 0; i < m.tensors.size(); ++i) layer_of_[i] = TensorLayer(m.tensors[i].name);
     state_->on_tensor = [this](std::uint32_t t) {
       if (o_.on_ready && device_) o_.on_ready(device_->tensors_[device_index_[t]]);
     };
@@ -943,6 +1020,7 @@ class LoadRun final : public LoadHandle {
         if (device_) device_->stats_.timeline = timeline_;
         if (o_.progress) o_.progress(plan_.source_bytes, plan_.source_bytes);
       }
+      if (layer_events_) layer_events_->Finish(st);
       state_->Finish(std::move(st));
     });
   }
@@ -1002,6 +1080,18 @@ class LoadRun final : public LoadHandle {
         if (layer_of_[t] == layer && !state_->Ready(t)) Boost(t);
     }
     return state_->WaitLayer(layer);
+  }
+  Result<std::uintptr_t> LayerEvent(int layer) override {
+    if (!layer_events_)
+      return MakeError(Errc::kUnavailable, "a --device cpu load has no device events (use WaitLayer)");
+    for (auto t : plan_.selected)
+      if (layer_of_[t] == layer && !state_->Ready(t)) Boost(t);
+    return layer_events_->Wait(layer);
+  }
+  Status WaitEvent(std::uintptr_t event) override {
+    if (!device_ || !device_->engine_)
+      return MakeError(Errc::kUnavailable, "a --device cpu load has no device events");
+    return device_->engine_->WaitEvent(event);
   }
   Status WaitAll() override {
     auto st = state_->WaitAll();
@@ -1067,6 +1157,7 @@ class LoadRun final : public LoadHandle {
   std::shared_ptr<HostModel> host_;
   std::vector<std::uint64_t> file_pos_;
   std::shared_ptr<DeviceModel> device_;
+  std::unique_ptr<LayerEvents> layer_events_;  // device loads; after device_: freed before its engine
   DeviceSink* device_sink_ = nullptr;
   std::vector<std::size_t> device_index_;
   std::unique_ptr<Sink> sink_;

@@ -63,6 +63,7 @@ class SimEngine final : public CopyEngine {
     std::lock_guard lk(mu_);
     queue_.push_back({r, std::move(done), Clock::now()});
     ++pending_;
+    ++submitted_;
     cv_.notify_all();
     return OkStatus();
   }
@@ -80,6 +81,18 @@ class SimEngine final : public CopyEngine {
     return OkStatus();
   }
 
+  // Copies complete in submission order, so "the first N submitted are done" is the marker:
+  // its value is N + 1 (0 would read as no event).
+  Result<DeviceEvent> RecordJoinEvent() override {
+    std::lock_guard lk(mu_);
+    return DeviceEvent(static_cast<std::uintptr_t>(submitted_ + 1), 0, nullptr);
+  }
+  Status WaitEvent(std::uintptr_t event) override {
+    if (event == 0) return MakeError(Errc::kInvalidArgument, "sim device: waiting for a null event");
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return completed_ + 1 >= event; });
+    return OkStatus();
+  }
   std::uint32_t checksum() const {
     std::lock_guard lk(mu_);
     return checksum_;
@@ -129,6 +142,7 @@ class SimEngine final : public CopyEngine {
       it.done(std::move(st));
       lk.lock();
       --pending_;
+      ++completed_;
       cv_.notify_all();
     }
   }
@@ -138,6 +152,7 @@ class SimEngine final : public CopyEngine {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   std::uint64_t pending_ = 0;
+  std::uint64_t submitted_ = 0, completed_ = 0;  // copies, in order
   std::uint64_t copied_ = 0;  // engine thread only
   std::uint32_t checksum_ = 0;
   bool stop_ = false;
@@ -145,6 +160,13 @@ class SimEngine final : public CopyEngine {
 };
 
 }  // namespace
+
+Result<DeviceEvent> CopyEngine::RecordJoinEvent() {
+  return MakeError(Errc::kUnavailable, Describe() + ": no device events");
+}
+Status CopyEngine::WaitEvent(std::uintptr_t) {
+  return MakeError(Errc::kUnavailable, Describe() + ": no device events");
+}
 
 std::string DeviceSpec::ToString() const {
   switch (kind) {

@@ -277,6 +277,33 @@ TEST(CudaEngineGpu, RoundTripOnSeveralStreams) {
   }
 }
 
+// The join event covers copies on every stream: waiting on it (no Drain) is enough to read the
+// bytes back, and an event recorded before any copy completes at once.
+TEST(CudaEngineGpu, JoinEventCoversEveryStream) {
+  CS_ENGINE_OR_SKIP(engine, 4);
+  auto empty = engine->RecordJoinEvent();
+  ASSERT_TRUE(empty.ok()) << empty.error().message;
+  ASSERT_TRUE(engine->WaitEvent(empty->ptr()).ok());
+  constexpr std::size_t kBytes = 64 << 20, kPiece = 1 << 20;
+  const auto data = RandomBytes(kBytes, 77);
+  auto staging = engine->AllocateStaging(kBytes);
+  ASSERT_TRUE(staging.ok()) << staging.error().message;
+  std::memcpy(staging->data(), data.data(), kBytes);
+  auto dev = engine->AllocateDevice(kBytes);
+  ASSERT_TRUE(dev.ok()) << dev.error().message;
+  DoneLog log(kBytes / kPiece);
+  for (std::size_t i = 0; i < kBytes / kPiece; ++i)
+    ASSERT_TRUE(engine->Submit({staging->data() + i * kPiece, kPiece, dev->ptr() + i * kPiece}, log.For(i)).ok());
+  auto join = engine->RecordJoinEvent();
+  ASSERT_TRUE(join.ok()) << join.error().message;
+  ASSERT_TRUE(engine->WaitEvent(join->ptr()).ok());
+  std::vector<std::byte> back(kBytes);
+  ASSERT_TRUE(engine->ReadBack(dev->ptr(), kBytes, back.data()).ok());
+  EXPECT_EQ(std::memcmp(back.data(), data.data(), kBytes), 0);
+  ASSERT_TRUE(engine->Drain().ok());
+  log.ExpectEachOnceOk();
+}
+
 TEST(CudaEngineGpu, ManyConcurrentSubmits) {
   CS_ENGINE_OR_SKIP(engine, 4);
   constexpr std::size_t kThreads = 4, kPerThread = 500, kPiece = 4096 + 17;

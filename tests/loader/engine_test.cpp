@@ -133,6 +133,37 @@ TEST_F(Engine, HandleWaitsForTensorsAndLayersBeforeEverything) {
 
 // A tensor waited for jumps the read-ahead queue: with one connection and a slow server, the
 // last tensor of the plan arrives long before the plan's middle.
+TEST_F(Engine, LayerEventCompletesOnceTheLayersCopiesAreInDeviceMemory) {
+  // 20 MB/s: the 6 MiB model takes ~300 ms on the device, so early layers' events are handed
+  // out while later layers are still copying.
+  auto h = StartLoad(Local(), Sim(20e6));
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  LoadHandle& handle = **h;
+  std::map<int, std::vector<std::string>> names;
+  for (const auto& t : Local().local.tensors)
+    if (TensorLayer(t.name) >= 0) names[TensorLayer(t.name)].push_back(t.name);
+  ASSERT_EQ(names.size(), layers_);
+  bool before_the_end = false;
+  for (const auto& [layer, tensors] : names) {
+    auto ev = handle.LayerEvent(layer);
+    ASSERT_TRUE(ev.ok()) << ev.error().message;
+    ASSERT_NE(*ev, 0u);
+    if (layer == 0) before_the_end = !handle.progress().finished;
+    ASSERT_TRUE(handle.WaitEvent(*ev).ok());
+    for (const auto& n : tensors) EXPECT_TRUE(handle.Ready(n)) << n << " not in device memory after layer " << layer << "'s event";
+  }
+  EXPECT_TRUE(before_the_end);
+  EXPECT_EQ(handle.LayerEvent(9999).error().code, Errc::kNotFound);
+  ASSERT_TRUE(handle.WaitAll().ok());
+  EXPECT_EQ(Digests(*handle.device_model()), expected_);
+
+  // The cpu device has no device events.
+  auto host = StartLoad(Local(), ToLoadOptions(HostLoadOptions{}));
+  ASSERT_TRUE(host.ok());
+  EXPECT_EQ((*host)->LayerEvent(0).error().code, Errc::kUnavailable);
+  EXPECT_TRUE((*host)->WaitAll().ok());
+}
+
 TEST_F(Engine, WaitedTensorIsFetchedAhead) {
   // One connection at 4 MB/s: the 6 MiB model takes ~1.6 s in file order.
   fakegcs::ServerOptions so;

@@ -68,6 +68,8 @@ class EngineMemory {
 
 using DeviceBuffer = EngineMemory<std::uintptr_t>;
 using StagingMemory = EngineMemory<std::byte*>;
+// A device-side marker (a cudaEvent_t on CUDA; a copy sequence number on the sim device).
+using DeviceEvent = EngineMemory<std::uintptr_t>;
 
 // Optional element conversion done by the engine while copying (bf16 -> fp16 / fp32).
 enum class Conversion { kNone, kBf16ToF16, kBf16ToF32 };
@@ -95,6 +97,14 @@ class CopyEngine {
   virtual Status Drain() = 0;
   // Device -> host, synchronous (digests, tests). kUnavailable for engines that discard bytes.
   virtual Status ReadBack(std::uintptr_t src, std::uint64_t len, std::byte* dst) = 0;
+
+  // A marker that completes once every copy submitted before this call is in device memory,
+  // whatever stream it went on: a compute stream waits on it (cudaStreamWaitEvent on the
+  // cudaEvent_t it holds) instead of the host waiting for the copies. Valid until destroyed.
+  // kUnavailable where the engine has no such markers.
+  virtual Result<DeviceEvent> RecordJoinEvent();
+  // Host-side wait for a marker from RecordJoinEvent (cudaEventSynchronize).
+  virtual Status WaitEvent(std::uintptr_t event);
 };
 
 struct CudaEngineOptions {

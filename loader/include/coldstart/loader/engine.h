@@ -188,6 +188,14 @@ class LoadHandle {
   virtual ~LoadHandle() = default;
   virtual Status WaitTensor(std::string_view name) = 0;  // fetched ahead of the read-ahead
   virtual Status WaitLayer(int layer) = 0;
+  // The layer's join event, once every copy of its tensors is submitted (it is fetched ahead
+  // of the read-ahead): a cudaEvent_t on CUDA that a compute stream can cudaStreamWaitEvent on
+  // while the copies are still in flight (CopyEngine::WaitEvent waits on the host; the sim
+  // device's events are sequence numbers). Valid while the handle lives. kUnavailable for
+  // --device cpu; kNotFound for a layer with no selected tensor; the load's error if it failed.
+  virtual Result<std::uintptr_t> LayerEvent(int layer) = 0;
+  // Host-side wait for an event from LayerEvent (cudaEventSynchronize on CUDA).
+  virtual Status WaitEvent(std::uintptr_t event) = 0;
   virtual Status WaitAll() = 0;
   virtual bool Ready(std::string_view name) const = 0;
   virtual void Cancel() = 0;
