@@ -1,5 +1,7 @@
 #include "coldstart/fetch/local_reader.h"
 
+#include "coldstart/core/log.h"
+
 #include <fcntl.h>
 #include <liburing.h>
 #include <pthread.h>
@@ -238,8 +240,8 @@ void RunUring(Job* job, io_uring& ring, unsigned depth) {
       if (broken_waits == 0) job->Fail(MakeSysError(Errc::kIo, "io_uring_submit_and_wait", -rc));
       draining = true;
       if (++broken_waits > 30000) {
-        std::fprintf(stderr, "coldstart: io_uring stopped completing reads (%s); aborting rather than "
-                             "letting the kernel write into freed memory\n", std::strerror(-rc));
+        LogError(std::string("io_uring stopped completing reads (") + std::strerror(-rc) +
+                 "); aborting rather than letting the kernel write into freed memory");
         std::abort();
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));

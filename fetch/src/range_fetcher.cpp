@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/log.h"
 #include "coldstart/fetch/content_range.h"
 #include "coldstart/fetch/http.h"
 
@@ -273,7 +274,7 @@ void NoticeIgnoredRange(Transfer* t) {
   if (!warn) return;
   std::string msg = HostOf(obj.url) + " ignores Range requests; downloading " + obj.display + " as one stream";
   if (job->cb.warning) job->cb.warning(msg);
-  else std::fprintf(stderr, "coldstart: warning: %s\n", msg.c_str());
+  else LogWarning(msg);
 }
 
 // Counts a range completed by a stream towards its job (defined with the transport below).

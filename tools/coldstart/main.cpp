@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli.h"
+#include "coldstart/core/log.h"
 #include "coldstart/core/env.h"
 #include "commands.h"
 
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
   if (auto v = coldstart::Env::FromProcess().Get("COLDSTART_PROGRESS")) {
     if (auto m = ParseProgressMode(*v); !m.ok()) return ReportError(std::move(m).error().WithContext("COLDSTART_PROGRESS"));
   }
+  if (auto st = coldstart::ConfigureLogging(coldstart::Env::FromProcess()); !st.ok()) return ReportError(st.error());
   if (ci->parsed()) return RunInspect(inspect);
   if (cl->parsed()) return RunLoad(load);
   if (cs->parsed()) return RunSynth(synth);
