@@ -15,6 +15,7 @@
 #include "coldstart/cache/memory.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
+#include "coldstart/core/log.h"
 #include "coldstart/core/relative_path.h"
 
 namespace coldstart::loader {
@@ -505,43 +506,57 @@ class DeviceSink final : public Sink {
   std::optional<Error> error_;
 };
 
-// Writes what it is handed into the model's files under a folder.
+// Writes what it is handed into the model's files under a folder, each through a
+// cache::PartialFile (the same file writer as prefetch): a lock per file, a unique temporary
+// name, and before the rename the ranges must tile the file, match the object's checksum when
+// the source has one, and read back from disk with the CRC32C they arrived with.
 class FileSink final : public Sink {
  public:
   struct File {
-    std::string final_path, temp_path;
-    int fd = -1;
-    std::uint64_t want = 0;                // data bytes to receive
+    std::optional<cache::PartialFile> partial;  // none: another process is writing this file
+    std::uint64_t want = 0;                     // data bytes to receive
     std::atomic<std::uint64_t> got{0};
   };
   FileSink(const ModelLayout& m, const Plan& plan) : m_(m), plan_(plan), files_(m.files.size()) {}
   ~FileSink() override { Abort(); }
 
-  Status Open(const std::vector<std::string>& headers, const std::string& dir) {
+  Status Open(const std::vector<std::string>& headers, std::vector<cache::ExpectedChecksums> expected, const std::string& dir) {
     namespace fs = std::filesystem;
+    expected_ = std::move(expected);
+    expected_.resize(m_.files.size());
     for (const auto& c : plan_.chunks) files_[c.file].want += c.length;
     for (std::size_t i = 0; i < m_.files.size(); ++i) {
       File& f = files_[i];
       CS_RETURN_IF_ERROR(CheckRelativePath(m_.files[i].name, "file name", dir));
-      f.final_path = (fs::path(dir) / m_.files[i].name).string();
+      const std::string final_path = (fs::path(dir) / m_.files[i].name).string();
       std::error_code ec;
-      fs::create_directories(fs::path(f.final_path).parent_path(), ec);
-      if (ec) return MakeError(Errc::kIo, f.final_path + ": cannot create its folder: " + ec.message());
-      f.temp_path = f.final_path + ".coldstart-tee." + std::to_string(::getpid());
-      f.fd = ::open(f.temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-      if (f.fd < 0) return MakeSysError(errno == EACCES ? Errc::kPermissionDenied : Errc::kIo, f.temp_path + ": cannot create", errno);
+      fs::create_directories(fs::path(final_path).parent_path(), ec);
+      if (ec) return MakeError(ec.value() == EACCES ? Errc::kPermissionDenied : Errc::kIo, final_path + ": cannot create its folder: " + ec.message());
+      // The load must not wait for another writer of the same file: that one keeps it.
+      CS_ASSIGN_OR_RETURN(auto lock, cache::FileLock::TryAcquire(final_path));
+      if (!lock) {
+        LogWarning(final_path + ": another process is writing it; this load does not");
+        continue;
+      }
       const std::string& h = headers[i];
-      CS_RETURN_IF_ERROR(PwriteAll(f, reinterpret_cast<const std::byte*>(h.data()), h.size(), 0));
+      cache::PartialFileOptions po;
+      po.resume = false;  // a tee writes what the load reads; nothing to resume from
+      CS_ASSIGN_OR_RETURN(auto pf, cache::PartialFile::Open(std::move(*lock), h.size() + m_.files[i].header.data_bytes, "", po));
+      CS_RETURN_IF_ERROR(pf.Write(0, reinterpret_cast<const std::byte*>(h.data()), h.size()));
+      CS_RETURN_IF_ERROR(pf.RangeDone(0, h.size(), Crc32c(h.data(), h.size())));
+      f.partial = std::move(pf);
     }
     return OkStatus();
   }
   std::byte* TryReserve(std::size_t) override { return nullptr; }  // only ever part of a tee
   void Release(std::size_t, std::byte*) override {}
   Status Commit(std::size_t c, std::byte* data, std::uint32_t crc) override { return Accept(c, data, crc); }
-  Status Accept(std::size_t c, const std::byte* data, std::uint32_t) override {
+  Status Accept(std::size_t c, const std::byte* data, std::uint32_t crc) override {
     const Chunk& ch = plan_.chunks[c];
     File& f = files_[ch.file];
-    CS_RETURN_IF_ERROR(PwriteAll(f, data, ch.length, ch.offset));
+    if (!f.partial) return OkStatus();
+    CS_RETURN_IF_ERROR(f.partial->Write(ch.offset, data, ch.length));
+    CS_RETURN_IF_ERROR(f.partial->RangeDone(ch.offset, ch.length, crc));
     f.got += ch.length;
     return OkStatus();
   }
@@ -550,50 +565,31 @@ class FileSink final : public Sink {
   Status Finish() override {
     for (std::size_t i = 0; i < files_.size(); ++i) {
       File& f = files_[i];
-      if (f.fd < 0) continue;
+      if (!f.partial) continue;
       const bool whole = f.got.load() == m_.files[i].header.data_bytes && f.want == f.got.load();
-      if (::close(f.fd) != 0) {
-        f.fd = -1;
-        return MakeSysError(Errc::kIo, f.temp_path + ": close", errno);
-      }
-      f.fd = -1;
       if (!whole) {
-        ::unlink(f.temp_path.c_str());
+        f.partial->Abandon(false);
+        f.partial.reset();
         continue;
       }
-      if (::rename(f.temp_path.c_str(), f.final_path.c_str()) != 0)
-        return MakeSysError(Errc::kIo, f.final_path + ": rename", errno);
-      f.temp_path.clear();
+      auto v = f.partial->Commit(expected_[i]);
+      f.partial.reset();
+      if (!v.ok()) return std::move(v).error();
     }
     return OkStatus();
   }
   void Abort() override {
     for (auto& f : files_) {
-      if (f.fd >= 0) ::close(f.fd);
-      f.fd = -1;
-      if (!f.temp_path.empty()) ::unlink(f.temp_path.c_str());
-      f.temp_path.clear();
+      if (f.partial) f.partial->Abandon(false);
+      f.partial.reset();
     }
   }
 
  private:
-  static Status PwriteAll(File& f, const std::byte* p, std::uint64_t len, std::uint64_t off) {
-    while (len > 0) {
-      ssize_t n = ::pwrite(f.fd, p, len, static_cast<off_t>(off));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return MakeSysError(errno == ENOSPC || errno == EDQUOT ? Errc::kResourceExhausted : Errc::kIo,
-                            f.temp_path + ": write failed", errno);
-      }
-      p += n;
-      off += static_cast<std::uint64_t>(n);
-      len -= static_cast<std::uint64_t>(n);
-    }
-    return OkStatus();
-  }
   const ModelLayout& m_;
   const Plan& plan_;
   std::vector<File> files_;
+  std::vector<cache::ExpectedChecksums> expected_;  // per file
 };
 
 class TeeSink final : public Sink {
@@ -849,11 +845,12 @@ std::unique_ptr<Source> MakeRemoteSource(const RemoteModel& model) {
 }
 
 Result<std::unique_ptr<Sink>> MakeFileSink(const ModelLayout& layout, std::vector<std::string> header_bytes,
+                                           std::vector<cache::ExpectedChecksums> expected,
                                            const Plan& plan, std::string dir) {
   if (header_bytes.size() != layout.files.size())
     return MakeError(Errc::kInvalidArgument, "file sink: one header per file is needed");
   auto s = std::make_unique<FileSink>(layout, plan);
-  CS_RETURN_IF_ERROR(s->Open(header_bytes, dir));
+  CS_RETURN_IF_ERROR(s->Open(header_bytes, std::move(expected), dir));
   return std::unique_ptr<Sink>(std::move(s));
 }
 
@@ -984,7 +981,10 @@ class LoadRun final : public LoadHandle {
           headers.push_back(std::move(h));
         }
       }
-      CS_ASSIGN_OR_RETURN(auto fsink, MakeFileSink(m, std::move(headers), plan_, o_.also_write_to));
+      std::vector<cache::ExpectedChecksums> expected;
+      if (remote)
+        for (const auto& f : rm().files) expected.push_back({f.crc32c, f.md5_base64});
+      CS_ASSIGN_OR_RETURN(auto fsink, MakeFileSink(m, std::move(headers), std::move(expected), plan_, o_.also_write_to));
       std::vector<std::unique_ptr<Sink>> others;
       others.push_back(std::move(fsink));
       sink_ = MakeTee(std::move(sink_), std::move(others));

@@ -12,6 +12,7 @@
 
 #include "../common/independent.h"
 #include "../common/temp_dir.h"
+#include "coldstart/cache/partial_file.h"
 #include "coldstart/fake_gcs/server.h"
 #include "coldstart/loader/synth.h"
 
@@ -225,7 +226,34 @@ TEST_F(Engine, TeeWritesTheFilesAndLoadsTheDeviceFromOneFetch) {
   for (const auto& f : (*h)->device_model()->layout().files) data += f.header.data_bytes;
   EXPECT_EQ((*h)->source_stats().fetch.bytes, data);
   for (const auto& e : fs::directory_iterator(out / "copy"))
-    EXPECT_EQ(e.path().string().find("coldstart-tee"), std::string::npos) << "temporary left: " << e.path();
+    EXPECT_EQ(e.path().filename().string().front(), 'm') << "temporary left: " << e.path();
+}
+
+TEST_F(Engine, TeeLeavesAFileAnotherWriterHoldsToIt) {
+  TempDir out;
+  fs::create_directories(out / "copy");
+  std::string first;
+  for (const auto& e : fs::directory_iterator(dir_ / "bkt/m"))
+    if (e.path().extension() == ".safetensors" && (first.empty() || e.path().filename().string() < first))
+      first = e.path().filename().string();
+  // Another writer (a prefetch, say) holds the first shard's lock.
+  auto held = cache::FileLock::Acquire(out / ("copy/" + first));
+  ASSERT_TRUE(held.ok()) << held.error().message;
+  auto o = Sim();
+  o.also_write_to = out / "copy";
+  auto h = StartLoad(Remote(), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+  EXPECT_FALSE(fs::exists(out / ("copy/" + first))) << "the tee wrote a file another writer holds";
+  unsigned copies = 0;
+  for (const auto& e : fs::directory_iterator(dir_ / "bkt/m")) {
+    if (e.path().extension() != ".safetensors" || e.path().filename() == first) continue;
+    const auto copy = out / ("copy/" + e.path().filename().string());
+    EXPECT_EQ(coldstart::testing::ReadFile(copy), coldstart::testing::ReadFile(e.path().string())) << copy;
+    ++copies;
+  }
+  EXPECT_GE(copies, 1u);
 }
 
 // A filtered load writes no partial file under a final name.

@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "coldstart/cache/partial_file.h"
 #include "coldstart/core/timeline.h"
 #include "coldstart/fetch/range_fetcher.h"
 #include "coldstart/loader/device_loader.h"
@@ -164,9 +165,12 @@ std::unique_ptr<Source> MakeLocalSource(const ModelLayout& layout, fetch::LocalR
 std::unique_ptr<Source> MakeRemoteSource(const RemoteModel& model);
 
 // Writes the bytes it is handed into the model's files under `dir` (same relative names):
-// headers first, data as it arrives, each file under a temporary name renamed once complete
-// and verified. Used in a Tee to keep a copy on disk of what is loaded (one fetch).
+// headers first, data as it arrives, each file through a cache::PartialFile (a lock per file, a
+// unique temporary name, verified on disk against the arrival CRCs and `expected` (per file;
+// empty = none) before the rename). A file another process is writing is left to it. Used in a
+// Tee to keep a copy on disk of what is loaded (one fetch).
 Result<std::unique_ptr<Sink>> MakeFileSink(const ModelLayout& layout, std::vector<std::string> header_bytes,
+                                           std::vector<cache::ExpectedChecksums> expected,
                                            const Plan& plan, std::string dir);
 // Hands each chunk to `primary` (which owns the memory) and the same bytes to every other.
 std::unique_ptr<Sink> MakeTee(std::unique_ptr<Sink> primary, std::vector<std::unique_ptr<Sink>> others);
