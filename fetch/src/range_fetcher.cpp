@@ -307,6 +307,13 @@ Result<bool> NextStreamRange(Transfer* t) {
       os.pending.push_back(next);
       return false;
     }
+    if (dest == kRangeSkipped) {
+      // Satisfied elsewhere: it never rides this stream. The stream's own range completes
+      // and the stream ends; the object's other waiting ranges get a transfer of their own.
+      --job->on_stream;
+      RangeCompleted(job);
+      return false;
+    }
   }
   if (auto st = job->cb.done(t->index, t->dest, t->crc); !st.ok()) {
     // `next` goes back to wait (and is dropped with the failed job).
@@ -937,6 +944,10 @@ void Transport::Worker(unsigned index) {
         dest = job->cb.acquire(i);
         if (dest == nullptr) {
           Returned(job, i);
+          continue;
+        }
+        if (dest == kRangeSkipped) {  // satisfied elsewhere (the disk cache): no GET
+          Completed(job);
           continue;
         }
       }

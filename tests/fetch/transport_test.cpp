@@ -99,6 +99,38 @@ TEST(Transport, FullSinkDelaysNewRangesWithoutBlockingTheLoop) {
   EXPECT_EQ(st.bytes, s.body.size());
 }
 
+// A range whose bytes came from elsewhere (the disk cache) is skipped: no GET, no `done`, and
+// the job still completes.
+TEST(Transport, SkippedRangesAreNeverFetched) {
+  Served s(1 << 20);
+  RemoteObject obj = s.object();
+  auto fo = Options(4, 64 << 10);
+  auto ranges = ChunkObjects(std::span(&obj, 1), fo.chunk_bytes);
+  ASSERT_EQ(ranges.size(), 16u);
+  std::string out(s.body.size(), '\0');
+  std::atomic<int> dones{0};
+  FetchCallbacks cb;
+  cb.acquire = [&](std::size_t i) -> std::byte* {
+    if (i % 3 == 0) return kRangeSkipped;
+    return reinterpret_cast<std::byte*>(out.data() + ranges[i].offset);
+  };
+  cb.done = [&](std::size_t i, std::byte*, std::uint32_t) {
+    EXPECT_NE(i % 3, 0u) << "done called for a skipped range";
+    ++dones;
+    return OkStatus();
+  };
+  FetchStats st;
+  ASSERT_TRUE(RangeFetcher(fo).Fetch(std::span(&obj, 1), ranges, cb, &st).ok());
+  EXPECT_EQ(dones.load(), 10);
+  std::lock_guard lk(s.mu);
+  EXPECT_EQ(s.starts.size(), 10u);
+  for (std::size_t i = 0; i < ranges.size(); ++i) {
+    const bool fetched = std::find(s.starts.begin(), s.starts.end(), ranges[i].offset) != s.starts.end();
+    EXPECT_EQ(fetched, i % 3 != 0) << i;
+    if (i % 3 != 0) EXPECT_EQ(out.substr(ranges[i].offset, ranges[i].length), s.body.substr(ranges[i].offset, ranges[i].length));
+  }
+}
+
 // Boosted ranges start before everything else still queued.
 TEST(Transport, BoostedRangesGoFirst) {
   Served s(2 << 20);

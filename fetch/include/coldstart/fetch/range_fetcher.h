@@ -74,10 +74,15 @@ struct FetchStats {
   double seconds = 0;
 };
 
+// What `acquire` returns for a range satisfied elsewhere (another process put it in the disk
+// cache meanwhile): the range counts as complete, no GET is made and `done` is not called.
+inline std::byte* const kRangeSkipped = reinterpret_cast<std::byte*>(std::uintptr_t{1});
+
 struct FetchCallbacks {
   // Destination of range i (length bytes), asked right before its first request, on a fetch
   // thread. Must not block: it runs inside the event loop. nullptr means "no space yet": the
   // range waits (others proceed) and is asked again after FetchJob::Wake(), or within 50 ms.
+  // kRangeSkipped: the range is satisfied elsewhere.
   std::function<std::byte*(std::size_t i)> acquire;
   // Instead of `acquire`: bytes of range i at `offset` within the range, handed over straight
   // from curl's receive buffer (e.g. pwrite into the destination file: no staging copy, no
