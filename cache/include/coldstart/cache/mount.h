@@ -37,6 +37,9 @@ class Origin {
                     std::function<void(Status status, std::uint32_t crc32c)> done) = 0;
   // Reads in flight that a caller should keep at most (the transport's concurrency).
   virtual unsigned MaxInFlight() const = 0;
+  // Abandons the reads in flight (unmounting): each one's done still comes, soon, with an
+  // error. The default waits for them to finish instead.
+  virtual void CancelAll() {}
 };
 
 struct MountFile {
