@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -16,6 +17,8 @@ namespace {
 
 std::atomic<int> g_signal{0};
 std::atomic<bool> g_installed{false};
+std::mutex g_handler_mu;
+std::function<void()> g_handler;  // GUARDED_BY(g_handler_mu)
 
 const char* SignalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
@@ -42,6 +45,8 @@ void InstallCancelSignals() {
       int expected = 0;
       if (g_signal.compare_exchange_strong(expected, sig)) {
         first = std::chrono::steady_clock::now();
+        std::lock_guard lk(g_handler_mu);
+        if (g_handler) g_handler();
         continue;
       }
       // One keypress or `timeout` can deliver the same signal twice (to the process and to its
@@ -54,6 +59,12 @@ void InstallCancelSignals() {
       ::_exit(128 + sig);
     }
   }).detach();
+}
+
+void OnCancelSignal(std::function<void()> fn) {
+  std::lock_guard lk(g_handler_mu);
+  g_handler = std::move(fn);
+  if (g_handler && CancelRequested()) g_handler();
 }
 
 int CancelSignal() { return g_signal.load(std::memory_order_relaxed); }
