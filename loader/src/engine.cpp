@@ -7,11 +7,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <thread>
 
+#include "cache_link.h"
 #include "coldstart/cache/memory.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
@@ -104,6 +107,7 @@ Result<Plan> MakePlan(const ModelLayout& m, const PlanOptions& o) {
     std::size_t k = i;  // first tensor of the run not yet fully covered
     while (pos < end) {
       std::uint64_t cut = std::min(end, pos + o.chunk_bytes);
+      if (o.align_bytes) cut = std::min(cut, (pos / o.align_bytes + 1) * o.align_bytes);
       // Never split a converted BF16 element across two chunks.
       for (std::size_t q = k; q < j; ++q) {
         const auto& e = m.tensors[p.selected[q]];
@@ -739,12 +743,45 @@ class LocalSource final : public Source {
 };
 
 // gs:// and http(s):// through the process's fetch transport.
+//
+// With a disk cache (CacheLink): a chunk the cache holds is read from it (checked against its
+// CRC32C) instead of fetched; a chunk another process is fetching right now is waited for,
+// then read (single flight across processes); a chunk nobody has is fetched and written to the
+// cache from the same bytes. The whole-object CRC32C check covers both kinds of bytes.
 class RemoteSource final : public Source {
  public:
-  RemoteSource(const RemoteModel& rm, const ModelLayout& m, fetch::FetchPriority prio) : rm_(rm), m_(m), prio_(prio) {}
+  RemoteSource(const RemoteModel& rm, const ModelLayout& m, fetch::FetchPriority prio, internal::CacheLink* cache = nullptr)
+      : rm_(rm), m_(m), prio_(prio), cache_(cache) {}
 
   Status Run(const Plan& plan, Sink& sink, SourceControl& ctl, SourceStats* stats) override {
-    const ModelLayout& m = m_;
+    std::vector<std::uint32_t> crcs(plan.chunks.size());
+    std::vector<std::size_t> all(plan.chunks.size());
+    for (std::size_t c = 0; c < all.size(); ++c) all[c] = c;
+    CS_ASSIGN_OR_RETURN(auto refetch, Pass(plan, all, sink, ctl, stats, crcs, /*use_cache=*/cache_ != nullptr));
+    if (!refetch.empty()) {
+      // Cached chunks that failed their check on the way out: fetched once more, from the origin.
+      LogWarning(std::to_string(refetch.size()) + " cached chunk(s) of " + rm_.session->source().original +
+                 " did not match their CRC32C; fetched again");
+      fetch::FetchStats first = stats->fetch;
+      CS_ASSIGN_OR_RETURN(auto again, Pass(plan, refetch, sink, ctl, stats, crcs, /*use_cache=*/false));
+      (void)again;
+      stats->fetch.bytes += first.bytes;
+      stats->fetch.requests += first.requests;
+      stats->fetch.retries += first.retries;
+    }
+    if (cache_) {
+      stats->cache_hit_bytes = cache_->hit_bytes();
+      stats->cache_filled_bytes = cache_->filled_bytes();
+    }
+    stats->bytes = stats->fetch.bytes + stats->cache_hit_bytes;
+    return Verify(plan, sink, stats, crcs);
+  }
+
+ private:
+  // Moves the chunks `which` into the sink; returns cached chunks that failed their check.
+  Result<std::vector<std::size_t>> Pass(const Plan& plan, const std::vector<std::size_t>& which, Sink& sink,
+                                        SourceControl& ctl, SourceStats* stats, std::vector<std::uint32_t>& crcs,
+                                        bool use_cache) {
     fetch::FetchOptions fo = rm_.session->options().fetch;
     // Every GET in flight holds a destination. With a staging ring at most half the slots
     // fetch, so filled chunks can queue for the copy engine while the next ones arrive (with
@@ -752,57 +789,146 @@ class RemoteSource final : public Source {
     fo.concurrency = static_cast<unsigned>(std::min<std::size_t>(fo.concurrency, sink.MaxInFlight()));
     std::vector<fetch::RemoteObject> objs;
     for (const auto& f : rm_.files) objs.push_back(f.object);
-    std::vector<fetch::FetchRange> ranges;
-    for (const auto& c : plan.chunks) ranges.push_back({c.file, c.offset, c.length});
-    std::vector<std::uint32_t> crcs(ranges.size());
+    std::vector<fetch::FetchRange> ranges;  // range r is plan chunk which[r]
+    std::vector<std::size_t> range_of(plan.chunks.size(), SIZE_MAX);
+    for (std::size_t r = 0; r < which.size(); ++r) {
+      const Chunk& c = plan.chunks[which[r]];
+      ranges.push_back({c.file, c.offset, c.length});
+      range_of[which[r]] = r;
+    }
     std::atomic<bool> committed_error{false};
     std::mutex err_mu;
     std::optional<Error> sink_error;
+    auto fail = [&](const Error& e) {
+      std::lock_guard lk(err_mu);
+      if (!sink_error) sink_error = e;
+      committed_error = true;
+    };
+    // Chunks the cache holds are read by this thread, never by the fetch event loop.
+    std::vector<cache::ChunkClaim> claims(use_cache ? which.size() : 0);
+    std::mutex local_mu;
+    std::condition_variable local_cv;
+    std::deque<std::pair<std::size_t, std::byte*>> local;  // (range, memory)
+    std::vector<std::size_t> refetch;
+    std::atomic<std::uint64_t> local_bytes{0};
+    bool fetch_done = false;
     fetch::FetchCallbacks cb;
-    cb.acquire = [&](std::size_t i) -> std::byte* { return sink.TryReserve(i); };
-    cb.done = [&](std::size_t i, std::byte* dest, std::uint32_t crc) -> Status {
-      crcs[i] = crc;
-      if (ctl.timeline) ctl.timeline->Mark("first_byte");
-      auto st = sink.Commit(i, dest, crc);
-      if (!st.ok()) {
-        std::lock_guard lk(err_mu);
-        if (!sink_error) sink_error = st.error();
-        committed_error = true;
+    cb.acquire = [&](std::size_t r) -> std::byte* {
+      const std::size_t c = which[r];
+      if (use_cache) {
+        if (auto state = cache_->Claim(c, &claims[r])) {
+          if (*state == cache::ClaimState::kBusy) return nullptr;  // someone fetches it: asked again soon
+          std::byte* dest = sink.TryReserve(c);
+          if (!dest) {
+            claims[r].Release();
+            return nullptr;
+          }
+          if (*state == cache::ClaimState::kPresent) {
+            {
+              std::lock_guard lk(local_mu);
+              local.push_back({r, dest});
+            }
+            local_cv.notify_one();
+            return fetch::kRangeSkipped;
+          }
+          return dest;
+        }
       }
+      return sink.TryReserve(c);
+    };
+    cb.done = [&](std::size_t r, std::byte* dest, std::uint32_t crc) -> Status {
+      const std::size_t c = which[r];
+      crcs[c] = crc;
+      if (ctl.timeline) ctl.timeline->Mark("first_byte");
+      if (use_cache && claims[r].held()) cache_->Fill(c, std::move(claims[r]), dest, crc);
+      auto st = sink.Commit(c, dest, crc);
+      if (!st.ok()) fail(st.error());
       return st;
     };
     cb.auth_header = [this] { return rm_.session->AuthHeader(); };
-    cb.progress = [&](std::uint64_t d) { return !ctl.cancel && (!ctl.progress || ctl.progress(d)); };
+    cb.progress = [&](std::uint64_t d) {
+      return !ctl.cancel && !committed_error && (!ctl.progress || ctl.progress(d + local_bytes.load()));
+    };
     CS_ASSIGN_OR_RETURN(auto job, fetch::RangeFetcher(fo).Start(objs, ranges, cb, prio_));
     sink.SetSpaceCallback([j = job.get()] { j->Wake(); });
     {
       std::lock_guard lk(ctl.boost_mu);
-      ctl.boost = [&plan, j = job.get()](std::uint32_t t) {
-        for (std::size_t c : plan.chunks_of_tensor[t]) j->Boost(c);
+      ctl.boost = [&plan, &range_of, j = job.get()](std::uint32_t t) {
+        for (std::size_t c : plan.chunks_of_tensor[t])
+          if (range_of[c] != SIZE_MAX) j->Boost(range_of[c]);
       };
       // Waits that came before the job existed.
       for (std::uint32_t t : ctl.pending_boosts) ctl.boost(t);
       ctl.pending_boosts.clear();
     }
+    std::thread reader;
+    if (use_cache) {
+      reader = std::thread([&] {
+        pthread_setname_np(pthread_self(), "cs-cache-read");
+        std::unique_lock lk(local_mu);
+        for (;;) {
+          local_cv.wait(lk, [&] { return !local.empty() || fetch_done; });
+          if (local.empty()) return;
+          auto [r, dest] = local.front();
+          local.pop_front();
+          lk.unlock();
+          const std::size_t c = which[r];
+          if (committed_error || ctl.cancel) {
+            sink.Release(c, dest);
+          } else if (auto crc = cache_->Read(c, dest); crc.ok()) {
+            crcs[c] = *crc;
+            local_bytes += plan.chunks[c].length;
+            if (ctl.timeline) ctl.timeline->Mark("first_byte");
+            if (auto st = sink.Commit(c, dest, *crc); !st.ok()) fail(st.error());
+          } else {
+            sink.Release(c, dest);
+            lk.lock();
+            refetch.push_back(c);
+            continue;
+          }
+          lk.lock();
+        }
+      });
+    }
     auto st = job->Wait(&stats->fetch);
+    if (reader.joinable()) {
+      {
+        std::lock_guard lk(local_mu);
+        fetch_done = true;
+      }
+      local_cv.notify_all();
+      reader.join();
+    }
     {
       std::lock_guard lk(ctl.boost_mu);
       ctl.boost = nullptr;
     }
     sink.SetSpaceCallback(nullptr);
-    stats->bytes = stats->fetch.bytes;
     if (ctl.timeline) ctl.timeline->Set("fetch");
+    {
+      std::lock_guard lk(err_mu);
+      if (sink_error) return *sink_error;  // the sink's own reason wins
+    }
     if (!st.ok()) {
-      {
-        std::lock_guard lk(err_mu);
-        if (sink_error) return *sink_error;  // the sink's own reason wins
-      }
       if (ctl.cancel || st.error().code == Errc::kCancelled) return MakeError(Errc::kCancelled, "load cancelled");
       return rm_.session->Annotate(std::move(st).error());
     }
-    // Whole-object CRC32C where every data byte of a file was fetched (no filter), combined
-    // from the per-range CRCs: nothing is read twice.
-    CS_ASSIGN_OR_RETURN(auto verified, VerifyCrc32c(rm_.files, rm_.header_bytes, m, ranges, crcs));
+    if (ctl.cancel) return MakeError(Errc::kCancelled, "load cancelled");
+    return refetch;
+  }
+
+  Status Verify(const Plan& plan, Sink& sink, SourceStats* stats, const std::vector<std::uint32_t>& crcs) {
+    const ModelLayout& m = m_;
+    std::vector<fetch::FetchRange> ranges;
+    for (const auto& c : plan.chunks) ranges.push_back({c.file, c.offset, c.length});
+    // Whole-object CRC32C where every data byte of a file was moved (no filter), combined from
+    // the per-range CRCs of fetched and cached bytes alike: nothing is read twice.
+    auto checked = VerifyCrc32c(rm_.files, rm_.header_bytes, m, ranges, crcs);
+    if (!checked.ok() && cache_) {
+      // The cached chunks may hold what a corrupted transfer delivered: none of them stays.
+      for (std::uint32_t i = 0; i < m.files.size(); ++i) cache_->Invalidate(i);
+    }
+    CS_ASSIGN_OR_RETURN(auto verified, std::move(checked));
     bool all = true;
     for (std::size_t i = 0; i < m.files.size(); ++i) {
       if (verified[i]) continue;
@@ -833,6 +959,7 @@ class RemoteSource final : public Source {
   const RemoteModel& rm_;
   const ModelLayout& m_;
   fetch::FetchPriority prio_;
+  internal::CacheLink* cache_;
 };
 
 }  // namespace
@@ -901,10 +1028,15 @@ class LoadRun final : public LoadHandle {
     po.bf16_conversion = o_.bf16_conversion;
     if (host && o_.bf16_conversion != Conversion::kNone)
       return MakeError(Errc::kInvalidArgument, "--convert needs a device (cuda or sim); the cpu device keeps the file's dtypes");
+    // With a disk cache, chunks are the cache's: cut at its chunk boundaries, one cache chunk
+    // per fetch (or per read from the cache).
+    const std::uint64_t cache_chunk = remote && o_.cache ? o_.cache->chunk_bytes() : 0;
+    po.align_bytes = cache_chunk;
     if (host) {
       // Host arena: chunks only split the reads; the reader cuts its own requests.
       po.chunk_bytes = remote ? rm().session->options().fetch.chunk_bytes : std::max<std::uint64_t>(o_.read.chunk_bytes, 1u << 20);
       if (o_.chunk_bytes) po.chunk_bytes = o_.chunk_bytes;
+      if (cache_chunk) po.chunk_bytes = cache_chunk;
       CS_ASSIGN_OR_RETURN(plan_, MakePlan(m, po));
       state_ = std::make_unique<LoadState>(m, plan_);
       std::uint64_t arena_bytes = 0;
@@ -931,6 +1063,7 @@ class LoadRun final : public LoadHandle {
           chunk = std::min<std::uint64_t>(16ull << 20, std::max<std::uint64_t>(64ull << 10, (std::max(budget / 4, 2 * kPage) - kPage) / kPage * kPage));
         }
       }
+      if (cache_chunk) chunk = cache_chunk;
       po.chunk_bytes = chunk;
       CS_ASSIGN_OR_RETURN(plan_, MakePlan(m, po));
       state_ = std::make_unique<LoadState>(m, plan_);
@@ -952,7 +1085,8 @@ class LoadRun final : public LoadHandle {
       if (slots < 2)
         return MakeError(Errc::kInvalidArgument, "staging budget " + FormatBytes(static_cast<double>(b)) + " holds fewer than 2 chunks of " +
                                                      FormatBytes(static_cast<double>(slot)) +
-                                                     "; raise --staging-bytes or lower the chunk size");
+                                                     (cache_chunk ? " (the disk cache's chunk size); raise --staging-bytes"
+                                                                  : "; raise --staging-bytes or lower the chunk size"));
       const std::string key = o_.device.ToString();
       CS_ASSIGN_OR_RETURN(auto mem, StagingPool::Get().Take(key, slots * slot, *device_->engine_));
       std::size_t layers = 0;
@@ -996,7 +1130,10 @@ class LoadRun final : public LoadHandle {
     };
     state_->on_layer = o_.on_layer;
     if (remote) {
-      source_ = std::make_unique<RemoteSource>(rm(), m, o_.priority);
+      if (o_.cache) {
+        CS_ASSIGN_OR_RETURN(cache_link_, internal::CacheLink::Open(o_.cache, rm(), m, plan_));
+      }
+      source_ = std::make_unique<RemoteSource>(rm(), m, o_.priority, cache_link_.get());
     } else {
       source_ = MakeLocalSource(m, o_.read);
     }
@@ -1063,6 +1200,8 @@ class LoadRun final : public LoadHandle {
       s.peak_staging_bytes = device_sink_->peak_bytes();
       s.copies = device_sink_->copies();
       s.crc32c_verified = stats_.all_verified;
+      s.cache_hit_bytes = stats_.cache_hit_bytes;
+      s.cache_filled_bytes = stats_.cache_filled_bytes;
     }
     return OkStatus();
   }
@@ -1161,6 +1300,7 @@ class LoadRun final : public LoadHandle {
   DeviceSink* device_sink_ = nullptr;
   std::vector<std::size_t> device_index_;
   std::unique_ptr<Sink> sink_;
+  std::unique_ptr<internal::CacheLink> cache_link_;
   std::unique_ptr<Source> source_;
   SourceControl ctl_;
   SourceStats stats_;
@@ -1178,6 +1318,7 @@ LoadOptions ToLoadOptions(const HostLoadOptions& host) {
   o.arena = host.arena;
   o.progress = host.progress;
   o.filter = host.filter;
+  o.cache = host.cache;
   return o;
 }
 

@@ -1,5 +1,7 @@
 #include "coldstart/loader/remote_loader.h"
 
+#include "coldstart/loader/mount_source.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -44,9 +46,49 @@ Status ExtendPrefixes(fetch::RemoteSession& s, std::span<const fetch::RemoteObje
   return OkStatus();
 }
 
+// Grows `buf` (a prefix of the object, whole cache chunks so far) with the cache's checked
+// chunks up to `want` bytes; stops at the first chunk the cache does not hold.
+void ExtendFromCache(cache::CacheEntry& e, std::uint64_t want, std::string* buf) {
+  while (buf->size() < want && buf->size() < e.size() && buf->size() % e.chunk_bytes() == 0) {
+    const std::size_t k = buf->size() / e.chunk_bytes();
+    if (!e.Present(k)) return;
+    const std::size_t have = buf->size();
+    buf->resize(have + e.ChunkLength(k));
+    if (!e.ReadChunk(k, reinterpret_cast<std::byte*>(buf->data() + have)).ok()) {
+      buf->resize(have);
+      return;
+    }
+  }
+}
+
+// A small whole object (the index) from the cache, or fetched and put in the cache.
+Result<std::string> GetSmallCached(fetch::RemoteSession& s, const fetch::RemoteFile& f, cache::DiskCache* cache,
+                                   std::uint64_t max_bytes) {
+  std::shared_ptr<cache::CacheEntry> e;
+  if (cache) {
+    if (auto opened = cache->OpenEntry(CacheKeyFor(s, f)); opened.ok()) e = *opened;
+  }
+  if (e && e->Complete()) {
+    std::string text;
+    ExtendFromCache(*e, e->size(), &text);
+    if (text.size() == e->size()) return text;
+  }
+  CS_ASSIGN_OR_RETURN(auto text, s.GetSmall(f, max_bytes));
+  if (e && text.size() == e->size()) {
+    for (std::size_t k = 0; k < e->chunk_count(); ++k) {
+      cache::ChunkClaim claim;
+      auto st = e->Claim(k, &claim);
+      if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
+      const auto* p = reinterpret_cast<const std::byte*>(text.data()) + e->ChunkOffset(k);
+      if (!e->Fill(std::move(claim), p, Crc32c(p, e->ChunkLength(k))).ok()) break;
+    }
+  }
+  return text;
+}
+
 }  // namespace
 
-Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session) {
+Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache* cache) {
   const auto t0 = std::chrono::steady_clock::now();
   RemoteModel m;
   m.session = session;
@@ -56,7 +98,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   std::vector<fetch::RemoteFile> shards;
   auto idx_it = std::find_if(listing.begin(), listing.end(), [](const auto& f) { return f.name == kIndexFileName; });
   if (idx_it != listing.end()) {
-    CS_ASSIGN_OR_RETURN(auto text, session->GetSmall(*idx_it, 256u << 20));
+    CS_ASSIGN_OR_RETURN(auto text, GetSmallCached(*session, *idx_it, cache, 256u << 20));
     auto parsed = ParseShardIndex(text);
     if (!parsed.ok()) return std::move(parsed).error().WithContext(idx_it->object.display);
     index = std::make_unique<ShardIndex>(std::move(parsed).value());
@@ -80,7 +122,18 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     objs.push_back(f.object);
     lens.push_back(std::min<std::uint64_t>(f.object.size, kFirstHeaderBytes));
   }
-  std::vector<std::string> prefixes;
+  std::vector<std::string> prefixes(shards.size());
+  // The disk cache's first chunks hold the headers of a model it has seen (its generation was
+  // just checked by the listing): no header GET then.
+  std::vector<std::shared_ptr<cache::CacheEntry>> entries(shards.size());
+  if (cache) {
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      auto e = cache->FindEntry(CacheKeyFor(*session, shards[i]));
+      if (!e.ok()) continue;
+      entries[i] = *e;
+      ExtendFromCache(*entries[i], lens[i], &prefixes[i]);
+    }
+  }
   CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, lens, &prefixes));
   // Headers longer than the first read: fetch exactly what is missing.
   std::vector<std::uint64_t> need(shards.size());
@@ -91,7 +144,11 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     need[i] = 8 + *n;
     again = again || need[i] > prefixes[i].size();
   }
-  if (again) CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, need, &prefixes));
+  if (again) {
+    for (std::size_t i = 0; i < shards.size(); ++i)
+      if (entries[i]) ExtendFromCache(*entries[i], need[i], &prefixes[i]);
+    CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, need, &prefixes));
+  }
   std::vector<ShardFile> files;
   for (std::size_t i = 0; i < shards.size(); ++i) {
     ShardFile sf;
@@ -112,7 +169,8 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   return m;
 }
 
-Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env) {
+Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env,
+                              cache::DiskCache* cache) {
   CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(source));
   OpenedModel opened;
   if (src.kind == fetch::SourceKind::kLocal) {
@@ -121,7 +179,7 @@ Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOption
     return opened;
   }
   CS_ASSIGN_OR_RETURN(auto session, fetch::RemoteSession::Open(src, remote, env));
-  CS_ASSIGN_OR_RETURN(auto rm, OpenRemoteModel(std::move(session)));
+  CS_ASSIGN_OR_RETURN(auto rm, OpenRemoteModel(std::move(session), cache));
   opened.remote = std::move(rm);
   return opened;
 }
@@ -163,6 +221,8 @@ Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLo
     stats->fetch = handle->source_stats().fetch;
     stats->verified_crc32c = handle->source_stats().all_verified;
     stats->verified_md5 = handle->source_stats().verified_md5;
+    stats->cache_hit_bytes = handle->source_stats().cache_hit_bytes;
+    stats->cache_filled_bytes = handle->source_stats().cache_filled_bytes;
   }
   CS_RETURN_IF_ERROR(st);
   return handle->host_model();

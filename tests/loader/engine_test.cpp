@@ -7,11 +7,13 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <set>
 
 #include "../common/independent.h"
 #include "../common/temp_dir.h"
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/cache/partial_file.h"
 #include "coldstart/fake_gcs/server.h"
 #include "coldstart/loader/synth.h"
@@ -47,13 +49,13 @@ class Engine : public ::testing::Test {
     m.local = std::move(l).value();
     return m;
   }
-  OpenedModel Remote(double stall_s = 20) {
+  OpenedModel Remote(double stall_s = 20, cache::DiskCache* cache = nullptr) {
     fetch::RemoteOptions ro;
     ro.fetch.chunk_bytes = 256 << 10;
     ro.fetch.retry.initial_backoff_s = 0.01;
     ro.fetch.retry.stall_timeout_s = stall_s;
     ro.retry = ro.fetch.retry;
-    auto o = OpenModel("gs://bkt/m", ro, Env::FromMap({{"STORAGE_EMULATOR_HOST", server_->endpoint()}}));
+    auto o = OpenModel("gs://bkt/m", ro, Env::FromMap({{"STORAGE_EMULATOR_HOST", server_->endpoint()}}), cache);
     EXPECT_TRUE(o.ok()) << o.error().message;
     return std::move(o).value();
   }
@@ -257,6 +259,101 @@ TEST_F(Engine, TeeLeavesAFileAnotherWriterHoldsToIt) {
 }
 
 // A filtered load writes no partial file under a final name.
+// ---- the disk cache under a load ------------------------------------------------------------
+
+std::shared_ptr<cache::DiskCache> OpenCacheAt(const std::string& dir) {
+  cache::DiskCacheOptions o;
+  o.dir = dir;
+  o.chunk_bytes = 1 << 20;
+  auto c = cache::DiskCache::Open(o);
+  EXPECT_TRUE(c.ok()) << c.error().message;
+  return c.ok() ? *c : nullptr;
+}
+
+TEST_F(Engine, CacheIsFilledByOneLoadAndServesTheNext) {
+  TempDir cdir;
+  std::uint64_t data = 0;
+  for (const auto& f : Local().local.files) data += f.header.data_bytes;
+  for (int round = 0; round < 2; ++round) {
+    server_->ResetStats();
+    auto o = Sim();
+    o.staging_bytes = 4 * ((1 << 20) + 4096);  // slots of the cache's 1 MiB chunks
+    o.cache = OpenCacheAt(cdir / "c");
+    auto h = StartLoad(Remote(20, o.cache.get()), o);
+    ASSERT_TRUE(h.ok()) << h.error().message;
+    ASSERT_TRUE((*h)->WaitAll().ok());
+    EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+    EXPECT_TRUE((*h)->device_model()->stats().crc32c_verified) << "the whole-object CRC32C covers cached bytes too";
+    const auto& s = (*h)->source_stats();
+    if (round == 0) {
+      EXPECT_EQ(s.fetch.bytes, data);
+      EXPECT_EQ(s.cache_hit_bytes, 0u);
+      EXPECT_GE(s.cache_filled_bytes, data);  // + the header bytes of the first chunks
+    } else {
+      EXPECT_EQ(s.fetch.bytes, 0u) << "the second load fetched data";
+      EXPECT_EQ(s.cache_hit_bytes, data);
+      EXPECT_EQ(s.cache_filled_bytes, 0u);
+      EXPECT_EQ(server_->stats().media_bytes_sent, 0u) << "the headers or data came from the origin, not the cache";
+    }
+  }
+}
+
+TEST_F(Engine, CorruptedCacheChunkIsFetchedAgainNeverServed) {
+  TempDir cdir;
+  {
+    auto o = Sim();
+    o.staging_bytes = 4 * ((1 << 20) + 4096);  // slots of the cache's 1 MiB chunks
+    o.cache = OpenCacheAt(cdir / "c");
+    auto h = StartLoad(Remote(), o);
+    ASSERT_TRUE(h.ok() && (*h)->WaitAll().ok());
+  }
+  // Flip one byte in the middle of some object's cached data.
+  unsigned flipped = 0;
+  for (const auto& e : fs::recursive_directory_iterator(cdir / "c"))
+    if (e.path().filename() == "data" && flipped == 0 && fs::file_size(e.path()) > (3u << 20)) {
+      std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(2500000);
+      char b = 0;
+      f.read(&b, 1);
+      b = static_cast<char>(b ^ 0x5a);
+      f.seekp(2500000);
+      f.write(&b, 1);
+      ++flipped;
+    }
+  ASSERT_EQ(flipped, 1u);
+  server_->ResetStats();
+  auto o = Sim();
+  o.staging_bytes = 4 * ((1 << 20) + 4096);
+  o.cache = OpenCacheAt(cdir / "c");
+  auto h = StartLoad(Remote(), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+  EXPECT_EQ((*h)->source_stats().fetch.bytes, 1u << 20) << "exactly the corrupted chunk comes from the origin";
+}
+
+TEST_F(Engine, TwoLoadsSharingACacheFetchEachChunkOnce) {
+  TempDir cdir;
+  std::uint64_t data = 0;
+  for (const auto& f : Local().local.files) data += f.header.data_bytes;
+  server_->ResetStats();
+  // Two caches opened separately (as two processes would): single flight goes through the
+  // cross-process locks, not through shared memory.
+  auto o1 = Sim(200e6), o2 = Sim(200e6);
+  o1.staging_bytes = o2.staging_bytes = 4 * ((1 << 20) + 4096);
+  o1.cache = OpenCacheAt(cdir / "c");
+  o2.cache = OpenCacheAt(cdir / "c");
+  auto h1 = StartLoad(Remote(), o1);
+  auto h2 = StartLoad(Remote(), o2);
+  ASSERT_TRUE(h1.ok() && h2.ok());
+  ASSERT_TRUE((*h1)->WaitAll().ok());
+  ASSERT_TRUE((*h2)->WaitAll().ok());
+  EXPECT_EQ(Digests(*(*h1)->device_model()), expected_);
+  EXPECT_EQ(Digests(*(*h2)->device_model()), expected_);
+  EXPECT_EQ((*h1)->source_stats().fetch.bytes + (*h2)->source_stats().fetch.bytes, data) << "a chunk was fetched twice";
+  EXPECT_EQ((*h1)->source_stats().cache_hit_bytes + (*h2)->source_stats().cache_hit_bytes, data);
+}
+
 TEST_F(Engine, TeeOfAFilteredLoadKeepsNoIncompleteFile) {
   TempDir out;
   auto o = Sim();

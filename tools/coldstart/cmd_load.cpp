@@ -28,6 +28,29 @@ Status CheckOnlyMatches(const loader::ModelLayout& layout, const std::vector<std
 Status CheckCpuLoadFlags(const LoadArgs& args, const loader::DeviceSpec& device);
 
 
+// The disk cache for this load: --cache/--cache-dir, else COLDSTART_CACHE_DIR. It keeps
+// remote objects; asked for explicitly on a local source it is a usage error, from the
+// environment it is simply not used.
+Result<std::shared_ptr<cache::DiskCache>> LoadCache(const LoadArgs& args) {
+  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(args.source));
+  const bool remote = src.kind != fetch::SourceKind::kLocal;
+  const bool explicit_flags = args.cache.use || !args.cache.dir.empty() || !args.cache.max_bytes.empty();
+  if (!remote) {
+    if (explicit_flags)
+      return MakeError(Errc::kInvalidArgument, "--cache/--cache-dir keep gs:// and http(s):// objects; " + args.source +
+                                                   " is local and is read in place");
+    return std::shared_ptr<cache::DiskCache>();
+  }
+  return OpenCache(args.cache, Env::FromProcess());
+}
+
+// " [cache DIR: X served, Y written]" for the summary line.
+std::string CacheSummary(const cache::DiskCache* c, std::uint64_t hit, std::uint64_t filled) {
+  if (!c) return "";
+  return " [cache " + c->dir() + ": " + FormatBytes(static_cast<double>(hit)) + " served, " +
+         FormatBytes(static_cast<double>(filled)) + " written]";
+}
+
 int RunLoad(const LoadArgs& args) {
   InstallCancelSignals();  // before any thread starts (the plugin's loader below is one)
   const auto t0 = std::chrono::steady_clock::now();
@@ -51,7 +74,9 @@ int RunLoad(const LoadArgs& args) {
   };
   Result<std::shared_ptr<loader::HostModel>> host = MakeError(Errc::kInternal, "unset");
   loader::RemoteLoadStats remote_stats;
-  auto opened = OpenModel(args.source, args.remote);
+  auto disk_cache = LoadCache(args);
+  if (!disk_cache.ok()) return ReportError(disk_cache.error());
+  auto opened = OpenModel(args.source, args.remote, disk_cache->get());
   if (CancelRequested()) return ReportCancelled("load");
   if (!opened.ok()) return ReportError(opened.error());
   const double plan_seconds = SecondsSince(t0);
@@ -61,6 +86,7 @@ int RunLoad(const LoadArgs& args) {
     return ReportError(MakeError(Errc::kInvalidArgument,
                                  "--only with --device cpu reads local models only; for gs:// and http(s):// "
                                  "sources use --device sim or cuda"));
+  opts->cache = *disk_cache;
   if (remote)
     host = loader::LoadRemoteToHost(std::move(*opened->remote), *opts, &remote_stats);
   else
@@ -120,6 +146,9 @@ int RunLoad(const LoadArgs& args) {
                       {"resumed_bytes", remote_stats.fetch.resumed_bytes},
                       {"crc32c_verified", remote_stats.verified_crc32c}};
     }
+    if (*disk_cache)
+      j["cache"] = {{"dir", (*disk_cache)->dir()}, {"hit_bytes", remote_stats.cache_hit_bytes},
+                    {"filled_bytes", remote_stats.cache_filled_bytes}};
     j["io"] = {{"engine", st.read.engine},         {"threads", st.read.threads},
                {"direct_bytes", st.read.direct_bytes}, {"requests", st.read.requests},
                {"short_reads", st.read.short_reads},   {"retries", st.read.retries}};
@@ -157,6 +186,7 @@ int RunLoad(const LoadArgs& args) {
                   bytes > 0 ? 100.0 * static_cast<double>(st.read.direct_bytes) / bytes : 0.0);
     how = buf;
   }
+  how += CacheSummary(disk_cache->get(), remote_stats.cache_hit_bytes, remote_stats.cache_filled_bytes);
   std::printf("loaded %zu tensors (%s) from %zu file%s to %s in %.3f s: %s [%s]%s\n", names.size(),
               FormatBytes(bytes).c_str(), model->layout().files.size(), model->layout().files.size() == 1 ? "" : "s",
               args.device.c_str(), seconds, FormatRate(seconds > 0 ? bytes / seconds : 0).c_str(), how.c_str(),

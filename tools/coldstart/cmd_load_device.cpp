@@ -91,6 +91,9 @@ Status CheckCpuLoadFlags(const LoadArgs& args, const loader::DeviceSpec& device)
   return OkStatus();
 }
 
+Result<std::shared_ptr<cache::DiskCache>> LoadCache(const LoadArgs& args);  // cmd_load.cpp
+std::string CacheSummary(const cache::DiskCache* c, std::uint64_t hit, std::uint64_t filled);
+
 int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   const auto t0 = std::chrono::steady_clock::now();
   auto opts = MakeDeviceOptions(args, device);
@@ -106,10 +109,13 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   };
   std::atomic<std::uint64_t> ready{0};
   opts->on_ready = [&ready](const loader::DeviceTensor&) { ready.fetch_add(1); };
-  auto opened = OpenModel(args.source, args.remote);
+  auto disk_cache = LoadCache(args);
+  if (!disk_cache.ok()) return ReportError(disk_cache.error());
+  auto opened = OpenModel(args.source, args.remote, disk_cache->get());
   if (CancelRequested()) return ReportCancelled("load " + device.ToString());
   if (!opened.ok()) return ReportError(opened.error());
   if (auto st = CheckOnlyMatches(opened->layout(), args.only); !st.ok()) return ReportError(st.error());
+  opts->cache = *disk_cache;
   auto model = opened->remote ? loader::LoadRemoteToDevice(std::move(*opened->remote), *opts)
                               : loader::LoadLocalToDevice(std::move(opened->local), *opts);
   bar.Finish();
@@ -152,6 +158,8 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
     j["staging"] = {{"budget_bytes", s.staging_budget}, {"peak_bytes", s.peak_staging_bytes},
                     {"chunk_bytes", s.chunk_bytes}, {"copies", s.copies}};
     j["crc32c_verified"] = s.crc32c_verified;
+    if (*disk_cache)
+      j["cache"] = {{"dir", (*disk_cache)->dir()}, {"hit_bytes", s.cache_hit_bytes}, {"filled_bytes", s.cache_filled_bytes}};
     j["tensors_ready"] = ready.load();
     {
       auto& tl = j["timeline"] = nlohmann::ordered_json::object();
@@ -171,11 +179,12 @@ int RunDeviceLoad(const LoadArgs& args, const loader::DeviceSpec& device) {
   for (std::size_t i = 0; i < digests.size(); ++i)
     std::printf("%s  %s\n", digests[i].c_str(), m.tensors()[i].entry->name.c_str());
   std::printf("loaded %zu tensors (%s) to %s in %.3f s: fetch %.2f GB/s, host-to-device %.2f GB/s, first byte after %.3f s, "
-              "peak staging %s of %s [%s]\n",
+              "peak staging %s of %s [%s]%s\n",
               m.tensors().size(), FormatBytes(static_cast<double>(s.fetch_bytes)).c_str(), device.ToString().c_str(), total,
               rate(static_cast<double>(s.fetch_bytes), s.fetch_seconds), rate(static_cast<double>(s.h2d_bytes), s.h2d_seconds),
               s.first_byte_seconds, FormatBytes(static_cast<double>(s.peak_staging_bytes)).c_str(),
-              FormatBytes(static_cast<double>(s.staging_budget)).c_str(), s.engine.c_str());
+              FormatBytes(static_cast<double>(s.staging_budget)).c_str(), s.engine.c_str(),
+              CacheSummary(disk_cache->get(), s.cache_hit_bytes, s.cache_filled_bytes).c_str());
   return 0;
 }
 

@@ -28,6 +28,13 @@ struct RemoteFlags {
   std::string cacert;                 // --cacert
 };
 
+// The disk cache: used when --cache-dir or --cache is given, or COLDSTART_CACHE_DIR is set.
+struct CacheFlags {
+  bool use = false;         // --cache: the default folder ($XDG_CACHE_HOME/coldstart)
+  std::string dir;          // --cache-dir
+  std::string max_bytes;    // --cache-max-bytes (size text)
+};
+
 struct InspectArgs {
   std::string source;
   bool json = false;
@@ -49,6 +56,7 @@ struct LoadArgs {
   std::vector<std::string> only;      // --only GLOB (tensor names)
   std::string order;                  // --order file|largest|layer ("" = file)
   std::string convert;                // --convert none|f16|f32 (BF16 tensors; "" = none)
+  CacheFlags cache;
 };
 
 struct SynthArgs {

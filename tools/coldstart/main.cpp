@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
   cl->add_option("--digest", load.digest, "Also print each tensor's digest: sha256")->check(CLI::IsMember({"sha256"}));
   cl->add_flag("--json", load.json, "Print {bytes, seconds, tensors: [{name, dtype, shape, sha256}, ...]}");
   cl->add_flag("!--no-torch", load.torch, "Stop at host memory: do not load libtorch or make torch::Tensors");
+  cl->add_flag("--cache", load.cache.use, "Keep fetched objects in the disk cache and serve them from it ($XDG_CACHE_HOME/coldstart unless --cache-dir or COLDSTART_CACHE_DIR)");
+  cl->add_option("--cache-dir", load.cache.dir, "Disk cache folder (implies --cache; env COLDSTART_CACHE_DIR)");
+  cl->add_option("--cache-max-bytes", load.cache.max_bytes, "Cap the disk cache, e.g. 40GiB: least recently used objects not in use are evicted (env COLDSTART_CACHE_MAX_BYTES)");
   AddReadFlags(cl, &load.read);
   AddRemoteFlags(cl, &load.remote);
 

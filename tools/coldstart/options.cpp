@@ -25,6 +25,22 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags) {
   return o;
 }
 
+Result<std::shared_ptr<cache::DiskCache>> OpenCache(const CacheFlags& flags, const Env& env) {
+  cache::DiskCacheOptions o;
+  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
+  if (!flags.dir.empty()) o.dir = flags.dir;
+  if (o.dir.empty()) {
+    if (!flags.use) return std::shared_ptr<cache::DiskCache>();
+    CS_ASSIGN_OR_RETURN(o.dir, cache::DefaultCacheDir(env));
+  }
+  if (!flags.max_bytes.empty()) {
+    auto b = ParseBytes(flags.max_bytes);
+    if (!b.ok()) return std::move(b).error().WithContext("--cache-max-bytes");
+    o.max_bytes = *b;
+  }
+  return cache::DiskCache::Open(std::move(o));
+}
+
 Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
   fetch::RemoteOptions o;
   const Env env = Env::FromProcess();
@@ -51,9 +67,9 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
   return o;
 }
 
-Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags) {
+Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags, cache::DiskCache* cache) {
   CS_ASSIGN_OR_RETURN(auto o, MakeRemoteOptions(flags));
-  return loader::OpenModel(source, o, Env::FromProcess());
+  return loader::OpenModel(source, o, Env::FromProcess(), cache);
 }
 
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/fetch/remote.h"
 #include "coldstart/loader/host_loader.h"
 #include "coldstart/loader/remote_loader.h"
@@ -12,7 +13,9 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags);
 Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags);
 // Parses SRC; for remote sources opens the session (endpoint, credentials).
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags);
+// The disk cache the flags (then COLDSTART_CACHE_DIR) ask for; nullptr when none is.
+Result<std::shared_ptr<cache::DiskCache>> OpenCache(const CacheFlags& flags, const Env& env);
 // Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
-Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags);
+Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags, cache::DiskCache* cache = nullptr);
 
 }  // namespace coldstart::cli

@@ -15,6 +15,7 @@
 
 #include "coldstart/core/timeline.h"
 #include "coldstart/fetch/local_reader.h"
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/loader/copy_engine.h"
 #include "coldstart/loader/model.h"
 #include "coldstart/loader/remote_loader.h"
@@ -57,6 +58,9 @@ struct DeviceLoadOptions {
   std::function<void(const DeviceTensor&)> on_ready;
   // On the loading thread about every 100 ms; false cancels (in-flight work drains first).
   std::function<bool(std::uint64_t done, std::uint64_t total)> progress;
+  // Remote sources: serve what this disk cache holds and write what is fetched into it (the
+  // plan's chunks become the cache's chunks). Processes sharing it fetch each chunk once.
+  std::shared_ptr<cache::DiskCache> cache;
 
   Status ApplyEnv(const Env& env);  // COLDSTART_STAGING_BYTES, COLDSTART_SIM_*, read options
 };
@@ -74,6 +78,8 @@ struct PhaseStats {
   std::uint64_t chunk_bytes = 0;
   std::uint64_t copies = 0;
   bool crc32c_verified = false;           // remote: every object verified
+  std::uint64_t cache_hit_bytes = 0;      // served from the disk cache
+  std::uint64_t cache_filled_bytes = 0;   // written to the disk cache
   std::string engine;                     // copy engine description
 };
 

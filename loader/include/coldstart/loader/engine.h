@@ -23,6 +23,7 @@
 #include <string_view>
 #include <vector>
 
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/cache/partial_file.h"
 #include "coldstart/core/timeline.h"
 #include "coldstart/fetch/range_fetcher.h"
@@ -52,6 +53,8 @@ struct PlanOptions {
   LoadOrder order = LoadOrder::kFile;
   Conversion bf16_conversion = Conversion::kNone;
   std::uint64_t chunk_bytes = 16ull << 20;
+  // Chunks never cross a multiple of this file offset (the disk cache's chunks); 0 = none.
+  std::uint64_t align_bytes = 0;
 };
 
 // What moves where: the selected tensors in load order, their place in device memory (after
@@ -151,6 +154,8 @@ struct SourceStats {
   fetch::FetchStats fetch;      // remote sources
   bool all_verified = false;    // every object verified (remote)
   unsigned verified_md5 = 0;
+  std::uint64_t cache_hit_bytes = 0;     // served from the disk cache (remote with a cache)
+  std::uint64_t cache_filled_bytes = 0;  // written to the disk cache by this load
 };
 
 class Source {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/cache/host_arena.h"
 #include "coldstart/core/env.h"
 #include "coldstart/core/timeline.h"
@@ -28,6 +29,8 @@ struct HostLoadOptions {
   // Optional: load only the tensors it accepts (by name); only their bytes are read. None
   // accepted is Errc::kNotFound. Local sources (LoadToHost) only.
   std::function<bool(const std::string& name)> filter;
+  // Remote sources: serve what this disk cache holds, write what is fetched into it.
+  std::shared_ptr<cache::DiskCache> cache;
 
   // COLDSTART_IO_ENGINE, COLDSTART_DIRECT_IO, COLDSTART_READ_*, COLDSTART_HUGE_PAGES.
   Status ApplyEnv(const Env& env);

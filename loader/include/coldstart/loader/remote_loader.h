@@ -26,12 +26,15 @@ struct RemoteModel {
 };
 
 // Lists the source, picks the shards (by the index when there is one) and reads their headers.
-Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session);
+// With a disk cache, the index and the headers come from it when it holds them (the listing
+// has just confirmed their generation): a model seen before opens with one listing request.
+Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache* cache = nullptr);
 
 struct RemoteLoadStats {
   fetch::FetchStats fetch;
   bool verified_crc32c = false;  // every object was verified (CRC32C, or MD5 where it had none)
   unsigned verified_md5 = 0;     // objects verified by MD5 because the server had no CRC32C
+  std::uint64_t cache_hit_bytes = 0, cache_filled_bytes = 0;  // with HostLoadOptions::cache
 };
 
 // A model as the user names it: a local file or folder (layout only), or a remote source
@@ -44,7 +47,8 @@ struct OpenedModel {
 };
 // Parses `source` (path, gs://, http(s)://) and opens it; `remote`/`env` are used for remote
 // sources only.
-Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env);
+Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env,
+                              cache::DiskCache* cache = nullptr);
 
 // Whole-object CRC32C of each file whose data section `ranges` cover exactly: the CRC of the
 // header bytes combined with each range's CRC in offset order, so nothing is read twice. Per

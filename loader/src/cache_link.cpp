@@ -1,0 +1,108 @@
+#include "cache_link.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "coldstart/core/crc32c.h"
+#include "coldstart/core/log.h"
+#include "coldstart/loader/mount_source.h"
+
+namespace coldstart::loader::internal {
+
+Result<std::unique_ptr<CacheLink>> CacheLink::Open(std::shared_ptr<cache::DiskCache> cache, const RemoteModel& rm,
+                                                   const ModelLayout& m, const Plan& plan) {
+  std::unique_ptr<CacheLink> link(new CacheLink(std::move(cache), rm, plan));
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    CS_ASSIGN_OR_RETURN(auto e, link->cache_->OpenEntry(CacheKeyFor(*rm.session, rm.files[i])));
+    link->entries_.push_back(std::move(e));
+  }
+  link->info_.resize(plan.chunks.size());
+  for (std::size_t c = 0; c < plan.chunks.size(); ++c) {
+    const Chunk& ch = plan.chunks[c];
+    const cache::CacheEntry& e = *link->entries_[ch.file];
+    const std::uint64_t cb = e.chunk_bytes();
+    const std::uint64_t data_start = m.files[ch.file].header.data_start();
+    Info& in = link->info_[c];
+    in.cache_chunk = static_cast<std::size_t>(ch.offset / cb);
+    const std::uint64_t lo = in.cache_chunk * cb, hi = std::min(lo + cb, e.size());
+    const std::uint64_t data_lo = std::max(lo, data_start);
+    in.whole = ch.length > 0 && ch.offset == data_lo && ch.offset + ch.length == hi &&
+               rm.header_bytes[ch.file].size() == data_start;
+    if (lo < data_start) {
+      in.head_from = lo;
+      in.head_len = data_start - lo;
+      in.head_crc = Crc32c(rm.header_bytes[ch.file].data() + lo, in.head_len);
+    }
+  }
+  // Cache chunks made only of header bytes (a header longer than a chunk) are filled now.
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    cache::CacheEntry& e = *link->entries_[i];
+    const std::string& h = rm.header_bytes[i];
+    for (std::size_t k = 0; (k + 1) * e.chunk_bytes() <= h.size() && k < e.chunk_count(); ++k) {
+      cache::ChunkClaim claim;
+      auto st = e.Claim(k, &claim);
+      if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
+      const auto* p = reinterpret_cast<const std::byte*>(h.data()) + k * e.chunk_bytes();
+      if (auto f = e.Fill(std::move(claim), p, Crc32c(p, e.chunk_bytes())); !f.ok()) link->Disable(f.error().ToString());
+    }
+  }
+  return link;
+}
+
+void CacheLink::Disable(const std::string& why) {
+  if (!disabled_.exchange(true)) LogWarning("disk cache " + cache_->dir() + ": " + why + "; loading without it");
+}
+
+std::optional<cache::ClaimState> CacheLink::Claim(std::size_t c, cache::ChunkClaim* claim) {
+  if (disabled_ || !info_[c].whole) return std::nullopt;
+  auto st = entry(c).Claim(info_[c].cache_chunk, claim);
+  if (!st.ok()) {
+    Disable(st.error().ToString());
+    return std::nullopt;
+  }
+  return *st;
+}
+
+void CacheLink::Fill(std::size_t c, cache::ChunkClaim claim, const std::byte* data, std::uint32_t data_crc) {
+  if (disabled_) return;
+  const Info& in = info_[c];
+  const Chunk& ch = plan_.chunks[c];
+  std::vector<std::pair<const std::byte*, std::size_t>> parts;
+  if (in.head_len > 0)
+    parts.push_back({reinterpret_cast<const std::byte*>(rm_.header_bytes[ch.file].data()) + in.head_from,
+                     static_cast<std::size_t>(in.head_len)});
+  parts.push_back({data, static_cast<std::size_t>(ch.length)});
+  const std::uint32_t crc = in.head_len > 0 ? Crc32cCombine(in.head_crc, data_crc, ch.length) : data_crc;
+  if (auto st = entry(c).Fill(std::move(claim), parts, crc); !st.ok()) {
+    Disable(st.error().ToString());
+    return;
+  }
+  filled_bytes_ += ch.length + in.head_len;
+}
+
+Result<std::uint32_t> CacheLink::Read(std::size_t c, std::byte* dst) {
+  const Info& in = info_[c];
+  const Chunk& ch = plan_.chunks[c];
+  cache::CacheEntry& e = entry(c);
+  std::uint64_t got = 0;
+  while (got < ch.length) {
+    ssize_t n = ::pread(e.data_fd(), dst + got, ch.length - got, static_cast<off_t>(ch.offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return MakeSysError(Errc::kNotFound, e.data_path() + ": cannot read a cached chunk", n < 0 ? errno : 0);
+    got += static_cast<std::uint64_t>(n);
+  }
+  const std::uint32_t data_crc = Crc32c(dst, ch.length);
+  const std::uint32_t crc = in.head_len > 0 ? Crc32cCombine(in.head_crc, data_crc, ch.length) : data_crc;
+  CS_RETURN_IF_ERROR(e.CheckChunk(in.cache_chunk, crc));
+  hit_bytes_ += ch.length;
+  return data_crc;
+}
+
+void CacheLink::Invalidate(std::uint32_t file) {
+  cache::CacheEntry& e = *entries_[file];
+  for (std::size_t k = 0; k < e.chunk_count(); ++k)
+    if (auto crc = e.SlotCrc(k)) (void)e.CheckChunk(k, ~*crc);  // a CRC that is not the slot's clears it
+}
+
+}  // namespace coldstart::loader::internal
