@@ -545,7 +545,8 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
                                                    std::to_string(len));
     // The slot promises these bytes have this CRC; never write a promise the bytes break (that
     // chunk would be read, found corrupt and fetched again forever). Costs one pass: 8 MiB in
-    // ~0.5 ms with SSE4.2.
+    // ~1 ms here with SSE4.2 (9 GB/s), while writing those 8 MiB took 3-20 ms (0.36-2.5 GB/s,
+    // page cache to virtio disk; dd wrote 300 MB/s at the time).
     if (crc != crc32c)
       return MakeError(Errc::kIntegrity, Name(c) + ": bytes given to Fill do not match the CRC32C given");
     std::uint64_t off = ChunkOffset(c);
@@ -829,8 +830,9 @@ void CacheImpl::AfterFill(std::uint64_t bytes) {
   if (cap == 0) return;
   const std::uint64_t est = used_estimate_.fetch_add(bytes) + bytes;
   const std::uint64_t since = filled_since_scan_.fetch_add(bytes) + bytes;
-  // A scan reads every entry's map (~0.1 ms per entry); doing it after every 1/64 of the cap
-  // bounds what other processes' fills can overshoot before someone notices.
+  // A scan reads every entry's map: 0.07 ms per entry of 2000 chunks here (201 entries in
+  // 14 ms). Doing it after every 1/64 of the cap bounds what other processes' fills can
+  // overshoot before someone notices, at a cost well under 1% of the fills.
   if (scanned_.load() && est <= cap && since < std::max(cap / 64, options_.chunk_bytes)) return;
   std::unique_lock lk(evict_mu_, std::try_to_lock);
   if (!lk.owns_lock()) return;  // another thread is evicting right now

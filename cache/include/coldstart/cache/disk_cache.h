@@ -152,7 +152,9 @@ class CacheEntry {
   virtual Status WaitChunk(std::size_t c, const std::function<bool()>& cancelled = {},
                            std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) = 0;
   // Writes the chunk's bytes (ChunkLength(c), given as parts laid end to end) whose CRC32C is
-  // `crc32c`, then its slot; releases the claim. ENOSPC/EDQUOT: kResourceExhausted.
+  // `crc32c`, then its slot; releases the claim. ENOSPC/EDQUOT: kResourceExhausted. Bytes that
+  // do not have that CRC: kIntegrity (nothing written). With max_bytes set, it may evict other
+  // entries before returning (a scan: ~0.07 ms per entry).
   virtual Status Fill(ChunkClaim claim, const std::vector<std::pair<const std::byte*, std::size_t>>& parts,
                       std::uint32_t crc32c) = 0;
   Status Fill(ChunkClaim claim, const std::byte* data, std::uint32_t crc32c) {
