@@ -20,6 +20,7 @@
 
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
+#include "coldstart/core/little_endian.h"
 
 namespace coldstart::cache {
 
@@ -46,23 +47,6 @@ constexpr std::uint64_t kMinChunk = 4096, kMaxChunk = 1ull << 30;
 // Temporary entry folders older than this are a crashed creator's; creating one takes
 // milliseconds.
 constexpr auto kStaleTemp = std::chrono::seconds(60);
-
-void PutU64(unsigned char* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-void PutU32(unsigned char* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-std::uint64_t GetU64(const unsigned char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-std::uint32_t GetU32(const unsigned char* p) {
-  std::uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 // A file descriptor owner (move-only).
 class Fd {
@@ -716,6 +700,7 @@ Result<std::shared_ptr<CacheEntry>> CacheImpl::Open(const ObjectKey& key, bool c
       continue;
     }
     if (e) {
+      if (open_.size() >= 256) std::erase_if(open_, [](const auto& kv) { return kv.second.expired(); });
       open_[hash] = e;
       return std::shared_ptr<CacheEntry>(e);
     }
@@ -747,13 +732,17 @@ Result<std::shared_ptr<EntryImpl>> CacheImpl::OpenExisting(const ObjectKey& key,
   if (::fstat(use.get(), &held) != 0) return MakeSysError(Errc::kIo, path + "/use: cannot stat", errno);
   if (::stat((path + "/use").c_str(), &now) != 0 || !SameFile(held, now)) return std::shared_ptr<EntryImpl>();
   // From here the folder is ours to read: no evicter can take LOCK_EX while we hold LOCK_SH.
+  // Entries are renamed into place whole, so a missing file here is damage, not a race.
+  auto missing = [&](const char* file) {
+    return MakeError(Errc::kFormat, path + ": has no " + file + " file; not served (`coldstart cache verify` removes it)");
+  };
   auto stored = ReadSmallFile(dfd.get(), "key", path + "/key", 1 << 20);
-  if (!stored.ok()) return std::move(stored).error();
+  if (!stored.ok()) return stored.error().code == Errc::kNotFound ? missing("key") : std::move(stored).error();
   if (*stored != text)
     return MakeError(Errc::kFormat, path + ": holds the key of another object; not served (`coldstart cache verify` "
                                            "removes it)");
   Fd map = OpenAt(dfd.get(), "map", O_RDWR);
-  if (!map) return MakePathError(path + "/map: cannot open", errno);
+  if (!map) return errno == ENOENT ? missing("map") : MakePathError(path + "/map: cannot open", errno);
   unsigned char hb[kMapHeaderBytes];
   std::size_t got = 0;
   CS_RETURN_IF_ERROR(ReadAll(map.get(), hb, sizeof hb, 0, path + "/map", &got));
@@ -761,7 +750,7 @@ Result<std::shared_ptr<EntryImpl>> CacheImpl::OpenExisting(const ObjectKey& key,
   if (h.size != key.size || h.chunk_bytes != options_.chunk_bytes || h.key_crc != Crc32c(text))
     return MakeError(Errc::kFormat, path + "/map: header does not match the key or the cache's chunk size");
   Fd data = OpenAt(dfd.get(), "data", O_RDWR);
-  if (!data) return MakePathError(path + "/data: cannot open", errno);
+  if (!data) return errno == ENOENT ? missing("data") : MakePathError(path + "/data: cannot open", errno);
   struct stat ds;
   if (::fstat(data.get(), &ds) != 0) return MakeSysError(Errc::kIo, path + "/data: cannot stat", errno);
   if (static_cast<std::uint64_t>(ds.st_size) != key.size)
@@ -914,6 +903,11 @@ EntryInfo CacheImpl::Inspect(const std::string& xx, const std::string& name) {
   }
   if (h->size != key->size || h->chunk_bytes != options_.chunk_bytes) {
     info.problem = "map header does not match the key or the cache's chunk size";
+    return info;
+  }
+  if (::fstatat(dfd.get(), "data", &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<std::uint64_t>(st.st_size) != key->size) {
+    info.problem = "data file missing or of the wrong size";
     return info;
   }
   info.chunks = h->chunks;

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -149,7 +151,16 @@ TEST(DiskCache, AKeyFileOfAnotherObjectIsNeverServed) {
   EXPECT_EQ(v->corrupt_entries, 1u);
   auto again = cache->OpenEntry(key);
   ASSERT_TRUE(again.ok()) << again.error().ToString();
-  EXPECT_EQ((*again)->present_bytes(), 0u);
+  EXPECT_EQ((*again)->present_bytes(), 0u);  // A damaged entry (its data file gone) is a kFormat error naming it, never "not found".
+  again->reset();
+  std::filesystem::remove(EntryDir(d.path(), key) + "/data");
+  auto damaged = cache->FindEntry(key);
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_EQ(damaged.error().code, Errc::kFormat) << damaged.error().ToString();
+  EXPECT_NE(damaged.error().message.find("no data file"), std::string::npos);
+  auto ev = cache->EvictToFit(1ull << 40);
+  ASSERT_TRUE(ev.ok());
+  EXPECT_EQ(ev->entries_removed, 1u) << "unusable entries are evicted whatever the cap";
 }
 
 TEST(DiskCache, FillThenReadBackAcrossOpens) {
@@ -328,6 +339,49 @@ TEST(DiskCache, AFailedDataWriteLeavesTheChunkAbsent) {
   struct stat st;
   ASSERT_EQ(::stat(e->data_path().c_str(), &st), 0);
   EXPECT_EQ(st.st_blocks, 0) << "nothing of the failed write stays allocated";
+}
+
+// A full disk: the fill that does not fit is kResourceExhausted naming the object, its chunk
+// stays absent, and what was filled before still reads back. A 256 KiB tmpfs in a private mount
+// namespace (a child process; skipped where mounting is not allowed).
+TEST(DiskCache, AFullDiskIsResourceExhaustedAndLeavesTheChunkAbsent) {
+  TempDir d;
+  const std::string mnt = d / "small";
+  std::filesystem::create_directories(mnt);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=256k") != 0)
+      ::_exit(77);
+    auto cache = DiskCache::Open(DiskCacheOptions{mnt, 0, kChunk});
+    if (!cache.ok()) ::_exit(2);
+    auto e = (*cache)->OpenEntry(Key("huge.safetensors", 256 * kChunk));  // 1 MiB > 256 KiB
+    if (!e.ok()) ::_exit(3);
+    std::size_t c = 0;
+    Status st;
+    for (; c < (*e)->chunk_count(); ++c) {
+      ChunkClaim claim;
+      if (!(*e)->Claim(c, &claim).ok() || !claim.held()) ::_exit(4);
+      auto bytes = Pattern(2, c, kChunk);
+      st = (*e)->Fill(std::move(claim), bytes.data(), Crc32c(bytes.data(), bytes.size()));
+      if (!st.ok()) break;
+    }
+    if (st.ok() || c == 0) ::_exit(5);
+    if (st.error().code != Errc::kResourceExhausted || st.error().message.find("huge.safetensors") == std::string::npos)
+      ::_exit(6);
+    if ((*e)->Present(c)) ::_exit(7);
+    for (std::size_t k = 0; k < c; ++k) {
+      std::vector<std::byte> got(kChunk);
+      if (!(*e)->ReadChunk(k, got.data()).ok() || got != Pattern(2, k, kChunk)) ::_exit(8);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs in a private mount namespace here";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 // kill -9 at seeded random moments while a child fills chunks: every chunk that reads as
