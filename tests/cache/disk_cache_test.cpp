@@ -640,6 +640,26 @@ TEST(DiskCache, EvictionIsLeastRecentlyUsedFirstAndSkipsEntriesInUse) {
   EXPECT_EQ(cache->UsedBytes(), 8 * kChunk);
 }
 
+// What a crash leaves (an entry half removed, a temporary being built) is swept by the next
+// eviction; a temporary younger than a minute may be someone's entry in the making and stays.
+TEST(DiskCache, EvictionSweepsWhatACrashLeft) {
+  TempDir d;
+  auto cache = OpenCache(d.path());
+  const std::string xx = d / "entries/ab";
+  coldstart::testing::WriteFile(xx + "/.evicted-abcd-1/data", "x");
+  coldstart::testing::WriteFile(xx + "/.tmp-abcd-old/key", "x");
+  coldstart::testing::WriteFile(xx + "/.tmp-abcd-new/key", "x");
+  struct timespec old[2] = {{1'700'000'000, 0}, {1'700'000'000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (xx + "/.tmp-abcd-old").c_str(), old, 0), 0);
+  auto list = cache->List();
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty()) << "temporaries are not entries";
+  ASSERT_TRUE(cache->EvictToFit(1ull << 40).ok());
+  EXPECT_FALSE(std::filesystem::exists(xx + "/.evicted-abcd-1"));
+  EXPECT_FALSE(std::filesystem::exists(xx + "/.tmp-abcd-old"));
+  EXPECT_TRUE(std::filesystem::exists(xx + "/.tmp-abcd-new"));
+}
+
 TEST(DiskCache, TheCapIsEnforcedAfterFillsButNeverOnAnEntryInUse) {
   TempDir d;
   auto cache = OpenCache(d.path(), kChunk, /*max_bytes=*/6 * kChunk);

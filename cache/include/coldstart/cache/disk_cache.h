@@ -16,6 +16,10 @@
 //              LOCK_EX|LOCK_NB, so an object in use is never evicted. Its mtime is the last use
 //              (least-recently-used eviction).
 //   DIR/listings/<sha256(source)>.json  the listing a source was last filled from (offline use)
+//   DIR/evict.lock                      flock(LOCK_EX) by whoever evicts: one evicter at a time
+//   DIR/entries/XX/.tmp-*, .evicted-*   an entry being built (renamed into place whole) or being
+//                                       removed (renamed away first); leftovers of a crash are
+//                                       swept by the next eviction
 //
 // Single flight: filling chunk c takes an in-process claim and an OFD byte-range lock on slot c
 // of `map` (fcntl F_OFD_SETLK; released by the kernel when a process dies). Everyone else sees
