@@ -795,7 +795,11 @@ Result<std::shared_ptr<EntryImpl>> CacheImpl::Create(const ObjectKey& key, const
     st = MakePathError(tmp_path + "/map: cannot size", errno);
   if (st.ok() && ::ftruncate(data.get(), static_cast<off_t>(key.size)) != 0)
     st = MakePathError(tmp_path + "/data: cannot size", errno);
-  if (st.ok() && options_.fsync && (::fsync(keyf.get()) != 0 || ::fsync(map.get()) != 0 || ::fsync(dfd.get()) != 0))
+  // With fsync the entry's files and sizes are on the disk before it is renamed into place: after
+  // a power loss an entry is there whole or not at all.
+  if (st.ok() && options_.fsync &&
+      (::fsync(keyf.get()) != 0 || ::fsync(map.get()) != 0 || ::fsync(data.get()) != 0 || ::fsync(use.get()) != 0 ||
+       ::fsync(dfd.get()) != 0))
     st = MakePathError(tmp_path + ": cannot flush", errno);
   if (!st.ok()) return fail(std::move(st).error());
   // Held across the rename so an evicter cannot remove the new entry before we open it.
