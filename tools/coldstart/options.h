@@ -17,5 +17,8 @@ Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& so
 Result<std::shared_ptr<cache::DiskCache>> OpenCache(const CacheFlags& flags, const Env& env);
 // Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
 Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags, cache::DiskCache* cache = nullptr);
+// The disk cache's options: defaults, COLDSTART_CACHE_*, then --cache-dir; with neither,
+// $XDG_CACHE_HOME/coldstart or ~/.cache/coldstart (cmd_cache.cpp).
+Result<cache::DiskCacheOptions> MakeDiskCacheOptions(const std::string& cache_dir);
 
 }  // namespace coldstart::cli
