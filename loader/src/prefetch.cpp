@@ -20,6 +20,8 @@
 #include "coldstart/cache/partial_file.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
+#include "coldstart/core/log.h"
+#include "coldstart/loader/mount_source.h"
 #include "coldstart/loader/safetensors.h"
 
 namespace coldstart::loader {
@@ -124,7 +126,64 @@ struct Target {
   cache::PartialFile file;
   std::uint64_t remaining = 0;  // bytes still to fetch; GUARDED_BY(mu) in Prefetch
   bool finished = false;        // committed (finisher thread)
+  std::shared_ptr<cache::CacheEntry> entry;  // with a disk cache
+  // With a cache entry: what is left to fetch (whole cache chunks), the rest was copied.
+  std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> fetch_ranges;
 };
+
+// Copies the chunks the cache holds (checked) into t's partial file; the others are left for
+// the fetch. Returns the bytes copied.
+Result<std::uint64_t> CopyFromCache(Target& t, const std::function<bool()>& cancelled) {
+  cache::CacheEntry& e = *t.entry;
+  std::vector<std::byte> buf(e.chunk_bytes());
+  std::uint64_t copied = 0;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> rest;
+  for (std::size_t k = 0; k < e.chunk_count(); ++k) {
+    if (cancelled && cancelled()) return MakeError(Errc::kCancelled, "prefetch cancelled");
+    const std::uint64_t off = e.ChunkOffset(k), len = e.ChunkLength(k);
+    auto crc = e.SlotCrc(k);
+    if (crc && e.ReadChunk(k, buf.data()).ok()) {
+      CS_RETURN_IF_ERROR(t.file.Write(off, buf.data(), len));
+      CS_RETURN_IF_ERROR(t.file.RangeDone(off, len, *crc));
+      copied += len;
+    } else if (!rest.empty() && rest.back().first + rest.back().second == off) {
+      rest.back().second += len;
+    } else {
+      rest.push_back({off, len});
+    }
+  }
+  t.fetch_ranges = std::move(rest);
+  return copied;
+}
+
+// After t's file was verified and renamed: its chunks the cache lacks, read back from the file.
+std::uint64_t FillCacheFromFile(cache::CacheEntry& e, const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  std::vector<std::byte> buf(e.chunk_bytes());
+  std::uint64_t filled = 0;
+  for (std::size_t k = 0; k < e.chunk_count(); ++k) {
+    cache::ChunkClaim claim;
+    auto st = e.Claim(k, &claim);
+    if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
+    const std::uint64_t len = e.ChunkLength(k);
+    std::uint64_t got = 0;
+    while (got < len) {
+      ssize_t n = ::pread(fd, buf.data() + got, len - got, static_cast<off_t>(e.ChunkOffset(k) + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<std::uint64_t>(n);
+    }
+    if (got != len) break;
+    if (auto f = e.Fill(std::move(claim), buf.data(), Crc32c(buf.data(), len)); !f.ok()) {
+      LogWarning("disk cache: " + f.error().ToString() + "; " + path + " is not cached");
+      break;
+    }
+    filled += len;
+  }
+  ::close(fd);
+  return filled;
+}
 
 }  // namespace
 
@@ -217,6 +276,18 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
       ++report.resumed_files;
     }
     t.remaining = f.object.size - t.file.kept_bytes();
+    if (options.cache && t.file.kept_bytes() == 0) {
+      auto e = options.cache->OpenEntry(CacheKeyFor(session, f));
+      if (!e.ok()) {
+        LogWarning("disk cache " + options.cache->dir() + ": " + e.error().ToString() + "; " + f.name + " is not cached");
+      } else {
+        t.entry = *e;
+        auto copied = CopyFromCache(t, cancelled);
+        if (!copied.ok()) return give_up(std::move(copied).error());
+        t.remaining -= *copied;
+        report.cache_hit_bytes += *copied;
+      }
+    }
     total += t.remaining;
   }
 
@@ -247,6 +318,7 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
     }
     t.finished = true;
     ++report.files;
+    if (t.entry) report.cache_filled_bytes += FillCacheFromFile(*t.entry, t.file.final_path());
     return OkStatus();
   };
 
@@ -266,8 +338,8 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
   std::deque<Target*> to_finish;
   for (auto i : order) {
     Target& t = *by_object[i];
-    if (t.remaining == 0) to_finish.push_back(&t);  // empty, or every byte kept from an earlier run
-    for (auto [off, len] : t.file.missing_ranges())
+    if (t.remaining == 0) to_finish.push_back(&t);  // empty, or every byte kept from an earlier run (or the cache)
+    for (auto [off, len] : t.fetch_ranges ? *t.fetch_ranges : t.file.missing_ranges())
       for (std::uint64_t p = off; p < off + len; p += chunk) ranges.push_back({i, p, std::min(chunk, off + len - p)});
   }
 

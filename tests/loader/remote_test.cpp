@@ -14,6 +14,7 @@
 #include "../common/temp_dir.h"
 #include "../fetch/loopback_server.h"
 #include "coldstart/fake_gcs/server.h"
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/loader/prefetch.h"
@@ -139,6 +140,57 @@ TEST_F(RemoteTest, PrefetchCopiesVerifiesAndResumes) {
   EXPECT_EQ(third->files, 1u);
   EXPECT_EQ(third->skipped, 4u);
   ExpectSameFolder(dest.path());
+}
+
+// A prefetch puts what it fetched (verified) into the disk cache; the next one into another
+// folder copies it from there (no media bytes from the origin); a corrupted cached chunk is
+// fetched instead of copied; a new generation of an object is a new entry.
+TEST_F(RemoteTest, PrefetchFillsAndUsesTheDiskCache) {
+  TempDir dest, cdir;
+  auto s = Emulated();
+  cache::DiskCacheOptions co;
+  co.dir = cdir / "c";
+  co.chunk_bytes = 1 << 20;
+  auto c = cache::DiskCache::Open(co);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  PrefetchOptions po;
+  po.cache = *c;
+  auto r = Prefetch(*s, dest / "a", po);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->cache_hit_bytes, 0u);
+  EXPECT_EQ(r->cache_filled_bytes, ModelBytes());
+  server_->ResetStats();
+  auto r2 = Prefetch(*s, dest / "b", po);
+  ASSERT_TRUE(r2.ok()) << r2.error().message;
+  EXPECT_EQ(r2->cache_hit_bytes, ModelBytes());
+  EXPECT_EQ(r2->bytes, 0u);
+  EXPECT_EQ(r2->verified_crc32c, 5u) << "copies from the cache are verified like downloads";
+  EXPECT_EQ(server_->stats().media_bytes_sent, 0u);
+  ExpectSameFolder(dest / "b");
+  // One flipped byte in a cached shard: that chunk comes from the origin, the rest from the cache.
+  unsigned flipped = 0;
+  std::uint64_t second_chunk = 0;  // the length of the chunk with the flipped byte
+  for (const auto& e : fs::recursive_directory_iterator(cdir / "c"))
+    if (e.path().filename() == "data" && !flipped && fs::file_size(e.path()) > (3u << 20) / 2) {
+      std::string b = ReadFile(e.path());
+      b[(1 << 20) + 77] ^= 0x10;
+      WriteFile(e.path(), b);
+      second_chunk = std::min<std::uint64_t>(1 << 20, b.size() - (1 << 20));
+      ++flipped;
+    }
+  ASSERT_EQ(flipped, 1u);
+  auto r3 = Prefetch(*s, dest / "c", po);
+  ASSERT_TRUE(r3.ok()) << r3.error().message;
+  EXPECT_EQ(r3->bytes, second_chunk);
+  EXPECT_EQ(r3->cache_hit_bytes + r3->bytes, ModelBytes());
+  ExpectSameFolder(dest / "c");
+  // An overwritten object (new generation) is not served from the old entry.
+  auto gen = server_->BumpGeneration("bkt", "models/m/model-00001-of-00003.safetensors");
+  (void)gen;
+  auto r4 = Prefetch(*s, dest / "d", po);
+  ASSERT_TRUE(r4.ok()) << r4.error().message;
+  EXPECT_EQ(r4->bytes, fs::file_size(root_ / "bkt/models/m/model-00001-of-00003.safetensors"));
+  ExpectSameFolder(dest / "d");
 }
 
 TEST_F(RemoteTest, PrefetchWithFsync) {

@@ -25,6 +25,9 @@ int RunPrefetch(const PrefetchArgs& args) {
   o.include = args.include;
   o.exclude = args.exclude;
   if (args.fsync) o.fsync = true;
+  auto disk_cache = OpenCache(args.cache, Env::FromProcess());
+  if (!disk_cache.ok()) return ReportError(disk_cache.error());
+  o.cache = *disk_cache;
   ProgressPrinter bar(*mode, "prefetch");
   o.progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
@@ -62,10 +65,15 @@ int RunPrefetch(const PrefetchArgs& args) {
                              {"verified_md5", r->verified_md5},
                              {"unverified", r->unverified},
                              {"concurrency", (*session)->options().fetch.concurrency}};
+    if (o.cache)
+      j["cache"] = {{"dir", o.cache->dir()}, {"hit_bytes", r->cache_hit_bytes}, {"filled_bytes", r->cache_filled_bytes}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::string resumed =
         r->resumed_bytes ? "; " + FormatBytes(static_cast<double>(r->resumed_bytes)) + " resumed from an earlier run" : "";
+    if (o.cache)
+      resumed += "; cache " + o.cache->dir() + ": " + FormatBytes(static_cast<double>(r->cache_hit_bytes)) + " copied from it, " +
+                 FormatBytes(static_cast<double>(r->cache_filled_bytes)) + " put into it";
     std::printf("prefetched %u file%s (%s) to %s in %.2f s: %s; %u already present%s; %llu retries; %u verified by CRC32C%s\n",
                 r->files, r->files == 1 ? "" : "s", FormatBytes(static_cast<double>(r->bytes)).c_str(), args.dest.c_str(),
                 secs, FormatRate(rate).c_str(), r->skipped, resumed.c_str(), static_cast<unsigned long long>(r->fetch.retries),

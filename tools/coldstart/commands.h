@@ -75,6 +75,7 @@ struct PrefetchArgs {
   bool fsync = false;
   std::string progress = "auto";
   RemoteFlags remote;
+  CacheFlags cache;
 };
 
 struct MountArgs {

@@ -99,6 +99,9 @@ int main(int argc, char** argv) {
   cp->add_flag("--json", prefetch.json, "Print a JSON summary {files, skipped, bytes, seconds, gb_per_s, retries}");
   cp->add_flag("--fsync", prefetch.fsync, "Flush each file before renaming it, to survive a power loss (env COLDSTART_PREFETCH_FSYNC)");
   cp->add_option("--progress", prefetch.progress, "auto|bar|json|off");
+  cp->add_flag("--cache", prefetch.cache.use, "Copy what the disk cache holds instead of fetching it, and put what is fetched into it ($XDG_CACHE_HOME/coldstart unless --cache-dir or COLDSTART_CACHE_DIR)");
+  cp->add_option("--cache-dir", prefetch.cache.dir, "Disk cache folder (implies --cache; env COLDSTART_CACHE_DIR)");
+  cp->add_option("--cache-max-bytes", prefetch.cache.max_bytes, "Cap the disk cache, e.g. 40GiB (env COLDSTART_CACHE_MAX_BYTES)");
   AddRemoteFlags(cp, &prefetch.remote);
 
   MountArgs mount;

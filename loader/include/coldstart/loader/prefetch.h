@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "coldstart/cache/disk_cache.h"
 #include "coldstart/core/result.h"
 #include "coldstart/fetch/remote.h"
 
@@ -35,6 +36,9 @@ struct PrefetchOptions {
   // Another process holds the lock of this file: we wait for it (then skip the file if it
   // finished it).
   std::function<void(const std::string& path)> on_lock_wait;
+  // The disk cache: chunks it holds are copied from it (each checked against its CRC32C; a
+  // chunk that fails is fetched instead), and every file fetched is put into it once verified.
+  std::shared_ptr<cache::DiskCache> cache;
   Status ApplyEnv(const Env& env);
 };
 
@@ -48,6 +52,8 @@ struct PrefetchReport {
   unsigned lock_waits = 0;          // files another process was writing when we asked
   unsigned stale_removed = 0;       // leftovers of objects no longer in the source
   unsigned verified_crc32c = 0, verified_md5 = 0, unverified = 0;
+  std::uint64_t cache_hit_bytes = 0;     // copied from the disk cache instead of fetched
+  std::uint64_t cache_filled_bytes = 0;  // put into the disk cache
   double seconds = 0;
   fetch::FetchStats fetch;
 };
