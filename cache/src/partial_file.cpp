@@ -473,6 +473,7 @@ std::uint64_t PartialFile::kept_bytes() const { return impl_->kept_bytes; }
 const std::string& PartialFile::final_path() const { return impl_->final_path; }
 const std::string& PartialFile::partial_path() const { return impl_->partial_path; }
 std::uint64_t PartialFile::size() const { return impl_->size; }
+int PartialFile::fd() const { return impl_->fd; }
 
 std::vector<std::pair<std::uint64_t, std::uint64_t>> PartialFile::missing_ranges() const {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> out;

@@ -19,6 +19,7 @@
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/core/log.h"
+#include "coldstart/fetch/file_writer.h"
 #include "coldstart/core/relative_path.h"
 
 namespace coldstart::loader {
@@ -513,9 +514,13 @@ class DeviceSink final : public Sink {
 // Writes what it is handed into the model's files under a folder, each through a
 // cache::PartialFile (the same file writer as prefetch): a lock per file, a unique temporary
 // name, and before the rename the ranges must tile the file, match the object's checksum when
-// the source has one, and read back from disk with the CRC32C they arrived with.
+// the source has one, and read back from disk with the CRC32C they arrived with. Writes go
+// through the io_uring write service; when the bytes stay put until the load ends (a host
+// arena), they are queued and Accept returns at once, so the fetch loop never waits for the
+// page-cache copy; otherwise (staging slots reused after the copy) Accept waits for them.
 class FileSink final : public Sink {
  public:
+  void SetStableSource(bool stable) { async_ = stable; }
   struct File {
     std::optional<cache::PartialFile> partial;  // none: another process is writing this file
     std::uint64_t want = 0;                     // data bytes to receive
@@ -559,14 +564,45 @@ class FileSink final : public Sink {
     const Chunk& ch = plan_.chunks[c];
     File& f = files_[ch.file];
     if (!f.partial) return OkStatus();
-    CS_RETURN_IF_ERROR(f.partial->Write(ch.offset, data, ch.length));
-    CS_RETURN_IF_ERROR(f.partial->RangeDone(ch.offset, ch.length, crc));
-    f.got += ch.length;
+    {
+      std::lock_guard lk(mu_);
+      if (error_) return *error_;
+    }
+    auto& writer = fetch::FileWriter::Shared();
+    if (!async_) {
+      if (auto st = writer.Write(f.partial->fd(), ch.offset, data, ch.length); !st.ok())
+        return std::move(st).error().WithContext(f.partial->partial_path());
+      CS_RETURN_IF_ERROR(f.partial->RangeDone(ch.offset, ch.length, crc));
+      f.got += ch.length;
+      return OkStatus();
+    }
+    {
+      std::lock_guard lk(mu_);
+      ++pending_;
+    }
+    writer.Submit(f.partial->fd(), ch.offset, data, ch.length, [this, &f, off = ch.offset, len = ch.length, crc](Status st) {
+      if (st.ok()) st = f.partial->RangeDone(off, len, crc);
+      if (st.ok()) f.got += len;
+      {
+        std::lock_guard lk(mu_);
+        if (!st.ok() && !error_) error_ = std::move(st).error().WithContext(f.partial->partial_path());
+        --pending_;
+      }
+      cv_.notify_all();
+    });
+    return OkStatus();
+  }
+  // Queued writes have completed (before a commit, or before the files go away).
+  Status Drain() {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return pending_ == 0; });
+    if (error_) return *error_;
     return OkStatus();
   }
   // Only files whose every data byte was received become final (a filtered load keeps none
   // of the files it did not read whole).
   Status Finish() override {
+    CS_RETURN_IF_ERROR(Drain());
     for (std::size_t i = 0; i < files_.size(); ++i) {
       File& f = files_[i];
       if (!f.partial) continue;
@@ -583,6 +619,7 @@ class FileSink final : public Sink {
     return OkStatus();
   }
   void Abort() override {
+    (void)Drain();
     for (auto& f : files_) {
       if (f.partial) f.partial->Abandon(false);
       f.partial.reset();
@@ -594,6 +631,11 @@ class FileSink final : public Sink {
   const Plan& plan_;
   std::vector<File> files_;
   std::vector<cache::ExpectedChecksums> expected_;  // per file
+  bool async_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  unsigned pending_ = 0;          // GUARDED_BY(mu_): queued writes not yet completed
+  std::optional<Error> error_;    // GUARDED_BY(mu_): the first failed write
 };
 
 class TeeSink final : public Sink {
@@ -973,10 +1015,11 @@ std::unique_ptr<Source> MakeRemoteSource(const RemoteModel& model) {
 
 Result<std::unique_ptr<Sink>> MakeFileSink(const ModelLayout& layout, std::vector<std::string> header_bytes,
                                            std::vector<cache::ExpectedChecksums> expected,
-                                           const Plan& plan, std::string dir) {
+                                           const Plan& plan, std::string dir, bool stable_source) {
   if (header_bytes.size() != layout.files.size())
     return MakeError(Errc::kInvalidArgument, "file sink: one header per file is needed");
   auto s = std::make_unique<FileSink>(layout, plan);
+  s->SetStableSource(stable_source);
   CS_RETURN_IF_ERROR(s->Open(header_bytes, std::move(expected), dir));
   return std::unique_ptr<Sink>(std::move(s));
 }
@@ -1118,7 +1161,8 @@ class LoadRun final : public LoadHandle {
       std::vector<cache::ExpectedChecksums> expected;
       if (remote)
         for (const auto& f : rm().files) expected.push_back({f.crc32c, f.md5_base64});
-      CS_ASSIGN_OR_RETURN(auto fsink, MakeFileSink(m, std::move(headers), std::move(expected), plan_, o_.also_write_to));
+      // A host arena keeps every byte until the load ends: the file writes may lag behind.
+      CS_ASSIGN_OR_RETURN(auto fsink, MakeFileSink(m, std::move(headers), std::move(expected), plan_, o_.also_write_to, host));
       std::vector<std::unique_ptr<Sink>> others;
       others.push_back(std::move(fsink));
       sink_ = MakeTee(std::move(sink_), std::move(others));

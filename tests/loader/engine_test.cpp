@@ -231,6 +231,22 @@ TEST_F(Engine, TeeWritesTheFilesAndLoadsTheDeviceFromOneFetch) {
     EXPECT_EQ(e.path().filename().string().front(), 'm') << "temporary left: " << e.path();
 }
 
+// A host arena keeps its bytes: the tee's file writes are queued on the io_uring write service
+// and only waited for before the files are verified and renamed.
+TEST_F(Engine, HostLoadTeesFilesThroughQueuedWrites) {
+  TempDir out;
+  auto o = ToLoadOptions(HostLoadOptions{});
+  o.also_write_to = out / "copy";
+  auto h = StartLoad(Remote(), o);
+  ASSERT_TRUE(h.ok()) << h.error().message;
+  ASSERT_TRUE((*h)->WaitAll().ok());
+  for (const auto& e : fs::directory_iterator(dir_ / "bkt/m")) {
+    if (e.path().extension() != ".safetensors") continue;
+    const auto copy = out / ("copy/" + e.path().filename().string());
+    EXPECT_EQ(coldstart::testing::ReadFile(copy), coldstart::testing::ReadFile(e.path().string())) << copy;
+  }
+}
+
 TEST_F(Engine, TeeLeavesAFileAnotherWriterHoldsToIt) {
   TempDir out;
   fs::create_directories(out / "copy");

@@ -136,6 +136,9 @@ class PartialFile {
   const std::string& final_path() const;
   const std::string& partial_path() const;
   std::uint64_t size() const;
+  // The temporary file, for writers that write it themselves (the io_uring write service),
+  // then call RangeDone. Valid until Commit/Abandon.
+  int fd() const;
 
   // Removes resume records and partial files in `folder` whose NAME `wanted` rejects (objects
   // no longer in the source), and files of the old fixed-name scheme (NAME.coldstart-partial),

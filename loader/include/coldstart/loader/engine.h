@@ -173,10 +173,12 @@ std::unique_ptr<Source> MakeRemoteSource(const RemoteModel& model);
 // headers first, data as it arrives, each file through a cache::PartialFile (a lock per file, a
 // unique temporary name, verified on disk against the arrival CRCs and `expected` (per file;
 // empty = none) before the rename). A file another process is writing is left to it. Used in a
-// Tee to keep a copy on disk of what is loaded (one fetch).
+// Tee to keep a copy on disk of what is loaded (one fetch). Writes go through the io_uring write
+// service; `stable_source`: the bytes handed over stay valid until the load ends (a host
+// arena), so writes are queued and not waited for until Finish.
 Result<std::unique_ptr<Sink>> MakeFileSink(const ModelLayout& layout, std::vector<std::string> header_bytes,
                                            std::vector<cache::ExpectedChecksums> expected,
-                                           const Plan& plan, std::string dir);
+                                           const Plan& plan, std::string dir, bool stable_source = false);
 // Hands each chunk to `primary` (which owns the memory) and the same bytes to every other.
 std::unique_ptr<Sink> MakeTee(std::unique_ptr<Sink> primary, std::vector<std::unique_ptr<Sink>> others);
 
