@@ -61,6 +61,64 @@ void ExtendFromCache(cache::CacheEntry& e, std::uint64_t want, std::string* buf)
   }
 }
 
+// Grows each prefix to want[i] bytes through the disk cache, whole cache chunks at a time:
+// chunks it holds are read (checked), chunks nobody has are fetched (in parallel across files)
+// and put in it, chunks another process is fetching are waited for. The load that follows
+// then finds its first chunks cached, and N processes opening one model at once fetch each
+// header chunk once. Files whose entry cannot be used are left to ExtendPrefixes.
+Status ExtendPrefixesViaCache(fetch::RemoteSession& s, std::span<const fetch::RemoteObject> objs,
+                              std::vector<std::shared_ptr<cache::CacheEntry>>& entries,
+                              const std::vector<std::uint64_t>& want, std::vector<std::string>* bufs) {
+  for (;;) {
+    std::vector<std::uint64_t> lens(objs.size());
+    std::vector<std::pair<std::size_t, cache::ChunkClaim>> claimed;
+    std::vector<std::pair<std::size_t, std::size_t>> busy;  // (file, chunk)
+    for (std::size_t i = 0; i < objs.size(); ++i) {
+      std::string& b = (*bufs)[i];
+      lens[i] = b.size();
+      cache::CacheEntry* e = entries[i].get();
+      while (e && b.size() < want[i] && b.size() < e->size()) {
+        if (b.size() % e->chunk_bytes() != 0) {  // not chunk-aligned: no more cache for this file
+          entries[i].reset();
+          break;
+        }
+        const std::size_t k = b.size() / e->chunk_bytes();
+        cache::ChunkClaim claim;
+        auto st = e->Claim(k, &claim);
+        if (!st.ok()) {
+          entries[i].reset();
+          break;
+        }
+        if (*st == cache::ClaimState::kPresent) {
+          const std::size_t have = b.size();
+          b.resize(have + e->ChunkLength(k));
+          if (e->ReadChunk(k, reinterpret_cast<std::byte*>(b.data() + have)).ok()) continue;
+          b.resize(have);  // corrupt: cleared; claim it next time round
+          continue;
+        }
+        if (*st == cache::ClaimState::kBusy) {
+          busy.push_back({i, k});
+        } else {
+          lens[i] = std::min(e->size(), (k + 1) * e->chunk_bytes());
+          claimed.push_back({i, std::move(claim)});
+        }
+        break;
+      }
+      lens[i] = std::max<std::uint64_t>(lens[i], b.size());
+    }
+    if (claimed.empty() && busy.empty()) return OkStatus();
+    CS_RETURN_IF_ERROR(ExtendPrefixes(s, objs, lens, bufs));
+    for (auto& [i, claim] : claimed) {
+      cache::CacheEntry& e = *entries[i];
+      const std::size_t k = claim.chunk();
+      const auto* p = reinterpret_cast<const std::byte*>((*bufs)[i].data()) + e.ChunkOffset(k);
+      if (!e.Fill(std::move(claim), p, Crc32c(p, e.ChunkLength(k))).ok()) entries[i].reset();
+    }
+    for (auto [i, k] : busy)
+      if (entries[i] && !entries[i]->WaitChunk(k, {}, std::chrono::seconds(600)).ok()) entries[i].reset();
+  }
+}
+
 // A small whole object (the index) from the cache, or fetched and put in the cache.
 Result<std::string> GetSmallCached(fetch::RemoteSession& s, const fetch::RemoteFile& f, cache::DiskCache* cache,
                                    std::uint64_t max_bytes) {
@@ -124,15 +182,12 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   }
   std::vector<std::string> prefixes(shards.size());
   // The disk cache's first chunks hold the headers of a model it has seen (its generation was
-  // just checked by the listing): no header GET then.
+  // just checked by the listing): no header GET then; else they are fetched into it.
   std::vector<std::shared_ptr<cache::CacheEntry>> entries(shards.size());
   if (cache) {
-    for (std::size_t i = 0; i < shards.size(); ++i) {
-      auto e = cache->FindEntry(CacheKeyFor(*session, shards[i]));
-      if (!e.ok()) continue;
-      entries[i] = *e;
-      ExtendFromCache(*entries[i], lens[i], &prefixes[i]);
-    }
+    for (std::size_t i = 0; i < shards.size(); ++i)
+      if (auto e = cache->OpenEntry(CacheKeyFor(*session, shards[i])); e.ok()) entries[i] = *e;
+    CS_RETURN_IF_ERROR(ExtendPrefixesViaCache(*session, objs, entries, lens, &prefixes));
   }
   CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, lens, &prefixes));
   // Headers longer than the first read: fetch exactly what is missing.
@@ -145,8 +200,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     again = again || need[i] > prefixes[i].size();
   }
   if (again) {
-    for (std::size_t i = 0; i < shards.size(); ++i)
-      if (entries[i]) ExtendFromCache(*entries[i], need[i], &prefixes[i]);
+    if (cache) CS_RETURN_IF_ERROR(ExtendPrefixesViaCache(*session, objs, entries, need, &prefixes));
     CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, need, &prefixes));
   }
   std::vector<ShardFile> files;
@@ -158,7 +212,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
     auto h = ParseHeader(std::string_view(prefixes[i]).substr(8, need[i] - 8), sf.size);
     if (!h.ok()) return std::move(h).error().WithContext(shards[i].object.display);
     sf.header = std::move(h).value();
-    prefixes[i].resize(need[i]);
+    prefixes[i].resize(need[i]);  // the cache may have handed over a whole chunk
     files.push_back(std::move(sf));
   }
   CS_ASSIGN_OR_RETURN(m.layout, BuildLayout(session->source().original, std::move(files), index.get()));

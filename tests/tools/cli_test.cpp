@@ -555,6 +555,30 @@ TEST_F(CliSlow, ConcurrentPrefetchesIntoOneFolderNeverShareAFile) {
   EXPECT_TRUE(CheckFolder(dest).empty());
 }
 
+// Two processes loading one model at once through one disk cache: the origin sends each byte
+// about once (a chunk one of them is fetching, the other waits for and reads from the cache).
+TEST_F(CliSlow, TwoLoadProcessesOnOneCacheFetchEachByteOnce) {
+  std::uint64_t model = 0;
+  for (const auto& e : std::filesystem::directory_iterator(root_ / "bkt/m")) model += std::filesystem::file_size(e.path());
+  server_->ResetStats();
+  const std::string args = "load gs://bkt/m --no-torch --json --digest sha256 --cache-dir " + (out_ / "cache");
+  Child a(args, env_), b(args, env_);
+  auto ra = a.Wait(), rb = b.Wait();
+  ASSERT_EQ(ra.code, 0) << ra.err;
+  ASSERT_EQ(rb.code, 0) << rb.err;
+  auto ja = nlohmann::json::parse(ra.out), jb = nlohmann::json::parse(rb.out);
+  EXPECT_EQ(ja["tensors"], jb["tensors"]);
+  const auto sent = server_->stats().media_bytes_sent;
+  EXPECT_LE(static_cast<double>(sent), 1.15 * static_cast<double>(model)) << "origin sent " << sent << " for a model of " << model;
+  EXPECT_GT(ja["cache"]["hit_bytes"].get<std::uint64_t>() + jb["cache"]["hit_bytes"].get<std::uint64_t>(), 0u);
+  // A third load reads the cache only.
+  server_->ResetStats();
+  auto c = Exec(args, env_);
+  ASSERT_EQ(c.code, 0) << c.err;
+  EXPECT_EQ(nlohmann::json::parse(c.out)["tensors"], ja["tensors"]);
+  EXPECT_EQ(server_->stats().media_bytes_sent, 0u);
+}
+
 }  // namespace
 
 // ---- `coldstart cache`, over a cache filled through the library ----
