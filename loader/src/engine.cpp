@@ -903,9 +903,13 @@ class RemoteSource final : public Source {
       for (std::uint32_t t : ctl.pending_boosts) ctl.boost(t);
       ctl.pending_boosts.clear();
     }
-    std::thread reader;
-    if (use_cache) {
-      reader = std::thread([&] {
+    // Reading a chunk back (page cache to the sink's memory, then its CRC32C) costs about as
+    // much as the local loader's reads, which run on several threads: so do these. One thread
+    // made a warm-cache load 0.69x a local load of the same files (1 GiB); two, see RESULTS.
+    std::vector<std::thread> readers;
+    const unsigned reader_threads = use_cache ? std::clamp(std::thread::hardware_concurrency(), 2u, 4u) : 0;
+    for (unsigned k = 0; k < reader_threads; ++k) {
+      readers.emplace_back([&] {
         pthread_setname_np(pthread_self(), "cs-cache-read");
         std::unique_lock lk(local_mu);
         for (;;) {
@@ -933,13 +937,13 @@ class RemoteSource final : public Source {
       });
     }
     auto st = job->Wait(&stats->fetch);
-    if (reader.joinable()) {
+    if (!readers.empty()) {
       {
         std::lock_guard lk(local_mu);
         fetch_done = true;
       }
       local_cv.notify_all();
-      reader.join();
+      for (auto& t : readers) t.join();
     }
     {
       std::lock_guard lk(ctl.boost_mu);
