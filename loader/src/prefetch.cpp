@@ -89,6 +89,11 @@ std::string Identity(const fetch::RemoteFile& f) {
          ";crc32c=" + (f.crc32c ? Crc32cToBase64(*f.crc32c) : "") + ";md5=" + f.md5_base64;
 }
 
+// A folder we may not create is the README's exit 7, not a generic I/O error.
+Errc FolderErrc(const std::error_code& ec) {
+  return ec.value() == EACCES || ec.value() == EPERM || ec.value() == EROFS ? Errc::kPermissionDenied : Errc::kIo;
+}
+
 bool IsSafetensorsName(const std::string& name) {
   constexpr std::string_view kExt = ".safetensors";
   return name.size() >= kExt.size() && name.compare(name.size() - kExt.size(), kExt.size(), kExt) == 0;
@@ -220,7 +225,7 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
 
   std::error_code ec;
   fs::create_directories(dest, ec);
-  if (ec) return MakeError(Errc::kIo, dest + ": cannot create folder: " + ec.message());
+  if (ec) return MakeError(FolderErrc(ec), dest + ": cannot create folder: " + ec.message());
 
   // Leftovers of objects no longer in the source (in the folders this listing writes to).
   std::set<std::string> folders{""};
@@ -252,7 +257,7 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
     const std::string final_path = (fs::path(dest) / f.name).string();
     if (cancelled()) return give_up(MakeError(Errc::kCancelled, "prefetch cancelled"));
     fs::create_directories(fs::path(final_path).parent_path(), ec);
-    if (ec) return give_up(MakeError(Errc::kIo, fs::path(final_path).parent_path().string() + ": cannot create folder: " + ec.message()));
+    if (ec) return give_up(MakeError(FolderErrc(ec), fs::path(final_path).parent_path().string() + ": cannot create folder: " + ec.message()));
     lopts.on_wait = [&] {
       if (options.on_lock_wait) options.on_lock_wait(final_path);
     };

@@ -362,6 +362,18 @@ TEST_F(CliRemote, PrefetchInspectLoadThroughGs) {
   EXPECT_NE(a.out.find("anonymous"), std::string::npos) << a.out;
 }
 
+// A destination folder the user may not create is exit 7 (permission), not 6 (I/O).
+TEST_F(CliRemote, PrefetchIntoAFolderWeMayNotCreateIsExitSeven) {
+  if (::geteuid() != 0 || std::system("command -v setpriv >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs root and setpriv to run the CLI as an unprivileged user";
+  ASSERT_EQ(::chmod(out_.path().c_str(), 0755), 0);  // root's, searchable, not writable by others
+  auto r = Exec("prefetch gs://bkt/m " + (out_ / "sub/m"), "setpriv --reuid=65534 --regid=65534 --clear-groups env " + env_);
+  EXPECT_EQ(r.code, 7) << r.err;
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  ASSERT_EQ(::chmod(out_.path().c_str(), 0700), 0);
+}
+
 TEST_F(CliRemote, ErrorsAreOneLineWithTheRightExitCode) {
   auto missing = Exec("prefetch gs://bkt/nope " + (out_ / "x"), env_);
   EXPECT_EQ(missing.code, 3) << missing.err;
