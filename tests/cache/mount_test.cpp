@@ -383,6 +383,44 @@ TEST_F(MountTest, ConcurrentReadersOfCachedChunks) {
   EXPECT_EQ(server_->stats().media_bytes_sent, ModelBytes()) << "the second mount read the cache only";
 }
 
+// Unmounting does not wait for files left open under the mount: they read an error after.
+TEST_F(MountTest, StopReturnsWithAFileStillOpen) {
+  START_MOUNT(ReadAhead::kNone);
+  const int fd = ::open(Mnt(Largest().name).c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  char b[16];
+  ASSERT_EQ(::pread(fd, b, sizeof b, 0), static_cast<ssize_t>(sizeof b));
+  const auto t0 = Clock::now();
+  mount_.reset();
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_FALSE(Mounted(mountpoint_));
+  EXPECT_LT(::pread(fd, b, sizeof b, 2 * kChunk), 0) << "the connection is gone";
+  ::close(fd);
+}
+
+// A local folder mounts the same way, read through a few pread threads.
+TEST_F(MountTest, ALocalFolderMounts) {
+  cache_ = OpenCache();
+  ASSERT_TRUE(cache_);
+  const std::string folder = root_ / "bkt/models/m";
+  auto src = loader::OpenMountSource(folder, Options(), Env::FromMap({}), cache_.get(), {});
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  std::size_t on_disk = 0;
+  for (const auto& e : fs::recursive_directory_iterator(folder)) on_disk += e.is_regular_file() ? 1 : 0;
+  EXPECT_EQ(src->files.size(), on_disk);
+  MountOptions mo;
+  mo.mountpoint = mountpoint_;
+  auto m = Mount::Start(src->files, cache_, src->origin, mo);
+  if (!m.ok() && m.error().code == Errc::kUnavailable) GTEST_SKIP() << m.error().message;
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  mount_ = std::move(m).value();
+  for (const auto& f : src->files) {
+    EXPECT_EQ(ReadFile(Mnt(f.name)), ReadFile(folder + "/" + f.name)) << f.name;
+    EXPECT_EQ(f.key.origin, "file://");
+  }
+  EXPECT_EQ(server_->stats().media_requests, 0u);
+}
+
 TEST_F(MountTest, TwoProcessesReadAtOnce) {
   START_MOUNT(ReadAhead::kNone, 4);
   std::vector<pid_t> pids;
