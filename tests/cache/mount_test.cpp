@@ -421,6 +421,52 @@ TEST_F(MountTest, ALocalFolderMounts) {
   EXPECT_EQ(server_->stats().media_requests, 0u);
 }
 
+// Cache keys: bucket and endpoint, object name and generation; a new generation is a new entry.
+TEST_F(MountTest, GcsKeysCarryEndpointAndGeneration) {
+  cache_ = OpenCache();
+  ASSERT_TRUE(cache_);
+  auto src = loader::OpenMountSource(kSource, Options(), EmulatorEnv(), cache_.get(), {});
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  const std::string shard = "model-00001-of-00002.safetensors";
+  auto find = [&](const loader::MountSource& s) {
+    return *std::find_if(s.files.begin(), s.files.end(), [&](const auto& f) { return f.name == shard; });
+  };
+  const MountFile before = find(*src);
+  EXPECT_EQ(before.key.origin, "gs://bkt@" + server_->endpoint());
+  EXPECT_EQ(before.key.name, "models/m/" + shard);
+  auto gen = server_->Generation("bkt", "models/m/" + shard);
+  ASSERT_TRUE(gen.ok());
+  EXPECT_EQ(before.key.version, std::to_string(*gen));
+  ASSERT_TRUE(server_->BumpGeneration("bkt", "models/m/" + shard).ok());
+  auto again = loader::OpenMountSource(kSource, Options(), EmulatorEnv(), cache_.get(), {});
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE(find(*again).key.version, before.key.version);
+  EXPECT_NE(find(*again).key.ToString(), before.key.ToString());
+}
+
+// An http(s) folder (here the fake's XML API): keys by ETag, times from Last-Modified.
+TEST_F(MountTest, HttpFolderKeysByEtagAndMounts) {
+  cache_ = OpenCache();
+  ASSERT_TRUE(cache_);
+  const std::string url = server_->endpoint() + "/bkt/models/m/";
+  auto src = loader::OpenMountSource(url, Options(), Env::FromMap({{"COLDSTART_METADATA", "off"}}), cache_.get(), {});
+  ASSERT_TRUE(src.ok()) << src.error().message;
+  ASSERT_GE(src->files.size(), 3u);
+  for (const auto& f : src->files) {
+    EXPECT_EQ(f.key.origin, server_->endpoint());
+    EXPECT_EQ(f.key.name, "/bkt/models/m/" + f.name);
+    EXPECT_FALSE(f.key.version.empty()) << f.name << ": the ETag";
+    EXPECT_GT(f.mtime_unix, 1500000000) << f.name << ": Last-Modified";
+  }
+  MountOptions mo;
+  mo.mountpoint = mountpoint_;
+  auto m = Mount::Start(src->files, cache_, src->origin, mo);
+  if (!m.ok() && m.error().code == Errc::kUnavailable) GTEST_SKIP() << m.error().message;
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  mount_ = std::move(m).value();
+  for (const auto& f : src->files) EXPECT_EQ(ReadFile(Mnt(f.name)), OriginBytes(f.name)) << f.name;
+}
+
 TEST_F(MountTest, TwoProcessesReadAtOnce) {
   START_MOUNT(ReadAhead::kNone, 4);
   std::vector<pid_t> pids;
