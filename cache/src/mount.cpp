@@ -23,11 +23,11 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -131,9 +131,10 @@ class ChunkMemory {
   }
 
   void Put(ChunkKey key, BufferPtr buf) {
+    BufferPtr replaced;  // freed after the lock is released (its deleter takes it)
     std::lock_guard lk(account_->mu);
     if (auto it = index_.find(key); it != index_.end()) {
-      it->second->second = std::move(buf);
+      replaced = std::exchange(it->second->second, std::move(buf));
       lru_.splice(lru_.begin(), lru_, it->second);
       return;
     }
@@ -213,6 +214,25 @@ struct Node {
   std::map<std::string, std::uint32_t, std::less<>> children;  // directories
   std::vector<std::uint32_t> order;  // children in readdir order (by name)
 };
+
+// Wakes the thread inside fuse_session_loop_mt: it waits on a semaphore for a worker to end, and
+// sem_wait returns (EINTR) on a signal with a handler. It then sees the session exited and
+// cancels its workers, which are blocked reading /dev/fuse while files under a detached mount
+// are still open (the kernel only ends those reads once the last file is closed). Installed
+// only where the signal's disposition is the default (an embedding program's own is kept).
+int WakeSignal() {
+  static const int sig = [] {
+    const int s = SIGRTMIN + 5;
+    struct sigaction old {};
+    if (::sigaction(s, nullptr, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO) != 0) return 0;
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: sem_wait must return
+    return ::sigaction(s, &sa, nullptr) == 0 ? s : 0;
+  }();
+  return sig;
+}
 
 // Runs PROGRAM ARGS... and waits; its exit status, or -1 when it could not be started.
 int RunProgram(const std::vector<std::string>& argv) {
@@ -375,9 +395,9 @@ class MountImpl final : public Mount {
   std::condition_variable loop_cv_;
   bool loop_done_ = false;  // GUARDED_BY(loop_mu_)
   int loop_result_ = 0;     // GUARDED_BY(loop_mu_)
+  std::mutex stop_mu_;
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> unmounted_{false};
-  unsigned long conn_id_ = 0;  // /sys/fs/fuse/connections/ID (0: unknown)
   bool shut_down_ = false;
 };
 
@@ -488,11 +508,13 @@ Status MountImpl::Init() {
   const unsigned by_memory = static_cast<unsigned>(std::max<std::uint64_t>(1, read_ahead_limit_ / chunk_bytes_));
   ra_max_inflight_ = std::max(1u, std::min(origin_->MaxInFlight(), by_memory));
 
+  // A FUSE server that died (kill -9) leaves its mount answering ENOTCONN. stat() alone may
+  // not tell: the kernel answers it from cached attributes; statfs always asks the server.
   struct stat st {};
-  if (::stat(options_.mountpoint.c_str(), &st) != 0) {
+  struct statvfs sv {};
+  if (::stat(options_.mountpoint.c_str(), &st) != 0 || ::statvfs(options_.mountpoint.c_str(), &sv) != 0) {
     const int err = errno;
     if (err != ENOTCONN) return MakePathError("mount point " + options_.mountpoint, err);
-    // A FUSE server that died (kill -9) leaves its mount answering ENOTCONN: detach it.
     CS_RETURN_IF_ERROR(LazyUnmount(options_.mountpoint));
     Log("replaced a stale mount at " + options_.mountpoint + " (its process had died)");
     if (::stat(options_.mountpoint.c_str(), &st) != 0)
@@ -567,7 +589,6 @@ Status MountImpl::Init() {
     const int err = errno;
     return MakeSysError(Errc::kIo, "the FUSE mount at " + options_.mountpoint + " does not answer", err);
   }
-  conn_id_ = (static_cast<unsigned long>(::major(st.st_dev)) << 20) | ::minor(st.st_dev);
   if (options_.read_ahead == ReadAhead::kAll)
     for (std::size_t i = 0; i < files_.size(); ++i) WantFile(i);
   return OkStatus();
@@ -684,6 +705,9 @@ void MountImpl::OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->fh = n->file;
   // The kernel's page cache serves re-reads and mmap; the bytes never change under it.
   fi->keep_cache = 1;
+  // Nothing to flush on close (read-only). Without FLUSH a process that serves this mount and
+  // dies with a file of it open (a test, an embedding program) does not wait on itself.
+  fi->noflush = 1;
   if (options_.read_ahead == ReadAhead::kOpen) WantFile(n->file);
   fuse_reply_open(req, fi);
 }
@@ -877,14 +901,21 @@ void MountImpl::FinishFetch(const std::shared_ptr<Fetch>& f) {
     Status st = entries_[f->file]->Fill(std::move(f->claim), f->buf->bytes.get(), f->crc32c);
     if (st.ok()) {
       MarkPresent(f->file, f->chunk);
+    } else if (st.error().code == Errc::kIntegrity) {
+      // The bytes do not have the CRC32C the origin computed for them: never serve them.
+      status = std::move(st).error().WithContext(files_[f->file].name);
     } else if (!fill_error_logged_.exchange(true)) {
-      // The bytes are good; only the cache could not keep them. Readers are still served.
+      // The bytes are good; only the cache could not keep them (disk full). Readers are
+      // still served, from memory.
       Log("cannot write to the cache at " + cache_->dir() + " (" + st.error().ToString() +
           "); serving fetched bytes from memory");
     }
-    bytes_fetched_ += len;
-    memory_.Put(f->key, f->buf);
-  } else {
+    if (status.ok()) {
+      bytes_fetched_ += len;
+      memory_.Put(f->key, f->buf);
+    }
+  }
+  if (!status.ok()) {
     f->claim.Release();
     if (f->read_ahead && !stop_.load()) {
       bool first = false;
@@ -1041,6 +1072,8 @@ Status MountImpl::Wait() {
 }
 
 void MountImpl::Stop() {
+  // A second caller returns once the first is done (Shutdown joins the loop thread after).
+  std::lock_guard stop_lk(stop_mu_);
   if (stop_requested_.exchange(true)) return;
   stop_ = true;
   WakeReadAhead();
@@ -1056,17 +1089,19 @@ void MountImpl::Stop() {
     if (Status st = LazyUnmount(options_.mountpoint); !st.ok()) Log(st.error().ToString());
   }
   if (origin_) origin_->CancelAll();
-  // Files still open under the detached mount keep the connection (and the loop) alive;
-  // abort it when the kernel offers the control file (fusectl mounted), so Stop() returns.
+  // Files still open under the detached mount keep the connection, and the loop's reads of
+  // /dev/fuse, alive: wake the loop so it cancels them (see WakeSignal). Closing the device
+  // afterwards (Shutdown) aborts the connection; those files then read ENOTCONN.
+  if (!loop_thread_.joinable()) return;
   std::unique_lock lk(loop_mu_);
-  if (!loop_cv_.wait_for(lk, std::chrono::seconds(2), [&] { return loop_done_; }) && conn_id_ != 0) {
-    const std::string path = "/sys/fs/fuse/connections/" + std::to_string(conn_id_) + "/abort";
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      (void)!::write(fd, "1", 1);
-      ::close(fd);
-    }
+  if (loop_cv_.wait_for(lk, std::chrono::milliseconds(500), [&] { return loop_done_; })) return;
+  const int sig = WakeSignal();
+  const auto give_up = Clock::now() + std::chrono::seconds(5);
+  while (!loop_done_ && Clock::now() < give_up) {
+    if (sig != 0 && loop_thread_.joinable()) ::pthread_kill(loop_thread_.native_handle(), sig);
+    loop_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return loop_done_; });
   }
+  if (!loop_done_) Log("the FUSE session at " + options_.mountpoint + " did not end; files may still be open under it");
 }
 
 void MountImpl::Shutdown() {
