@@ -298,22 +298,10 @@ Result<std::vector<cache::MountFile>> ParseListing(const std::string& text, cons
 // The origin could not be reached: the recorded listing, when the cache holds all of it.
 Result<MountSource> OfflineSource(const std::string& source, cache::DiskCache& cache, const Error& why,
                                   const std::function<void(const std::string&)>& warn) {
-  auto unusable = [&](const std::string& detail) {
-    Error e = why;
-    e.message += " (and the cache at " + cache.dir() + " cannot stand in: " + detail + ")";
-    return e;
-  };
-  auto text = cache.LoadListing(source);
-  if (!text.ok()) return unusable(text.error().code == Errc::kNotFound ? "it has no listing of this source" : text.error().ToString());
-  auto files = ParseListing(*text, "the listing recorded in " + cache.dir());
-  if (!files.ok()) return unusable(files.error().ToString());
-  for (const auto& f : *files) {
-    auto e = cache.FindEntry(f.key);
-    if (!e.ok() || !(*e)->Complete()) return unusable(f.name + " is not complete in it");
-  }
+  CS_ASSIGN_OR_RETURN(auto files, CompleteRecordedListing(cache, source, why));
   MountSource out;
-  out.files = std::move(files).value();
-  out.listing_json = *text;
+  out.files = std::move(files);
+  out.listing_json = *cache.LoadListing(source);
   out.offline = true;
   out.origin = std::make_shared<UnreachableOrigin>(why);
   if (warn)
@@ -374,6 +362,37 @@ Result<MountSource> LocalSource(const std::string& source, const std::string& pa
 }
 
 }  // namespace
+
+std::string RecordedListing(const std::string& source, const fetch::RemoteSession& session,
+                            const std::vector<fetch::RemoteFile>& files) {
+  std::vector<cache::MountFile> m;
+  for (const auto& f : files) m.push_back({f.name, f.object.size, f.mtime_unix, CacheKeyFor(session, f)});
+  return ListingJson(source, m).dump();
+}
+
+Result<std::vector<cache::MountFile>> CompleteRecordedListing(cache::DiskCache& cache, const std::string& source,
+                                                              const Error& why,
+                                                              const std::function<bool(const std::string&)>& required) {
+  auto unusable = [&](const std::string& detail) {
+    Error e = why;
+    e.message += " (and the cache at " + cache.dir() + " cannot stand in: " + detail + ")";
+    return e;
+  };
+  auto text = cache.LoadListing(source);
+  if (!text.ok()) return unusable(text.error().code == Errc::kNotFound ? "it has no listing of this source" : text.error().ToString());
+  auto files = ParseListing(*text, "the listing recorded in " + cache.dir());
+  if (!files.ok()) return unusable(files.error().ToString());
+  std::vector<cache::MountFile> complete;
+  for (auto& f : *files) {
+    auto e = cache.FindEntry(f.key);
+    if (e.ok() && (*e)->Complete()) {
+      complete.push_back(std::move(f));
+    } else if (!required || required(f.name)) {
+      return unusable(f.name + " is not complete in it");
+    }
+  }
+  return complete;
+}
 
 cache::ObjectKey CacheKeyFor(const fetch::RemoteSession& session, const fetch::RemoteFile& file) {
   cache::ObjectKey key;

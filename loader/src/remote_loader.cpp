@@ -9,6 +9,7 @@
 
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/hash.h"
+#include "coldstart/core/log.h"
 #include "coldstart/loader/engine.h"
 
 namespace coldstart::loader {
@@ -146,11 +147,63 @@ Result<std::string> GetSmallCached(fetch::RemoteSession& s, const fetch::RemoteF
 
 }  // namespace
 
+namespace {
+Result<RemoteModel> OpenListed(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache* cache,
+                               std::vector<fetch::RemoteFile> listing, std::chrono::steady_clock::time_point t0);
+
+// The origin cannot be reached: the listing the cache recorded, when it holds all of it.
+Result<RemoteModel> OpenOffline(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache& cache, const Error& why,
+                                std::chrono::steady_clock::time_point t0) {
+  const fetch::Source& src = session->source();
+  // A load needs the shards and their index; config and tokenizer files may be missing.
+  CS_ASSIGN_OR_RETURN(auto files, CompleteRecordedListing(cache, src.original, why, [](const std::string& name) {
+                        return IsTopLevelSafetensors(name) || name == kIndexFileName;
+                      }));
+  std::vector<fetch::RemoteFile> listing;
+  for (const auto& f : files) {
+    fetch::RemoteFile r;
+    r.name = f.name;
+    r.object.size = f.size;
+    r.version = f.key.version;
+    r.mtime_unix = f.mtime_unix;
+    if (src.kind == fetch::SourceKind::kGcs) {
+      r.object.display = "gs://" + src.bucket + "/" + f.key.name;
+      std::int64_t g = 0;
+      for (char ch : f.key.version) g = ch >= '0' && ch <= '9' ? g * 10 + (ch - '0') : g;
+      r.object.generation = g;
+    } else {
+      r.object.display = r.object.url = f.key.origin + f.key.name;
+    }
+    listing.push_back(std::move(r));
+  }
+  LogWarning("cannot reach " + src.original + " (" + why.ToString() + "); loading the complete copy recorded in the cache at " +
+             cache.dir());
+  return OpenListed(std::move(session), &cache, std::move(listing), t0);
+}
+}  // namespace
+
 Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache* cache) {
   const auto t0 = std::chrono::steady_clock::now();
+  auto listed = session->List();
+  if (!listed.ok()) {
+    const Errc code = listed.error().code;
+    if (cache && (code == Errc::kNetwork || code == Errc::kTimeout)) return OpenOffline(session, *cache, listed.error(), t0);
+    return std::move(listed).error();
+  }
+  if (cache) {
+    // What the cache is filled from, for a later load or mount without the network.
+    if (auto st = cache->SaveListing(session->source().original, RecordedListing(session->source().original, *session, *listed));
+        !st.ok())
+      LogWarning("disk cache " + cache->dir() + ": cannot record the listing: " + st.error().ToString());
+  }
+  return OpenListed(std::move(session), cache, std::move(listed).value(), t0);
+}
+
+namespace {
+Result<RemoteModel> OpenListed(std::shared_ptr<fetch::RemoteSession> session, cache::DiskCache* cache,
+                               std::vector<fetch::RemoteFile> listing, std::chrono::steady_clock::time_point t0) {
   RemoteModel m;
   m.session = session;
-  CS_ASSIGN_OR_RETURN(auto listing, session->List());
   m.timeline.Mark("listing");
   std::unique_ptr<ShardIndex> index;
   std::vector<fetch::RemoteFile> shards;
@@ -222,6 +275,7 @@ Result<RemoteModel> OpenRemoteModel(std::shared_ptr<fetch::RemoteSession> sessio
   m.timeline.Mark("headers");
   return m;
 }
+}  // namespace
 
 Result<OpenedModel> OpenModel(std::string_view source, const fetch::RemoteOptions& remote, const Env& env,
                               cache::DiskCache* cache) {

@@ -320,6 +320,51 @@ TEST_F(Engine, CacheIsFilledByOneLoadAndServesTheNext) {
   }
 }
 
+// The origin gone, a complete cached copy is loaded from the cache with a warning; an
+// incomplete one is the network error, saying what the cache lacks.
+TEST_F(Engine, OfflineLoadServesACompleteCachedCopy) {
+  TempDir cdir;
+  auto cache_at = OpenCacheAt(cdir / "c");
+  {
+    auto o = Sim();
+    o.staging_bytes = 4 * ((1 << 20) + 4096);
+    o.cache = cache_at;
+    auto h = StartLoad(Remote(20, cache_at.get()), o);
+    ASSERT_TRUE(h.ok() && (*h)->WaitAll().ok());
+  }
+  const std::string endpoint = server_->endpoint();
+  server_->Stop();
+  fetch::RemoteOptions ro;
+  ro.fetch.retry.initial_backoff_s = 0.01;
+  ro.fetch.retry.max_attempts = 2;
+  ro.retry = ro.fetch.retry;
+  const Env env = Env::FromMap({{"STORAGE_EMULATOR_HOST", endpoint}});
+  {
+    auto opened = OpenModel("gs://bkt/m", ro, env, cache_at.get());
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    auto o = Sim();
+    o.staging_bytes = 4 * ((1 << 20) + 4096);
+    o.cache = cache_at;
+    auto h = StartLoad(std::move(opened).value(), o);
+    ASSERT_TRUE(h.ok()) << h.error().message;
+    ASSERT_TRUE((*h)->WaitAll().ok());
+    EXPECT_EQ(Digests(*(*h)->device_model()), expected_);
+    EXPECT_EQ((*h)->source_stats().fetch.bytes, 0u);
+  }
+  // One shard's entry gone: the copy is incomplete, and the error says so.
+  unsigned removed = 0;
+  auto listed = cache_at->List();
+  ASSERT_TRUE(listed.ok()) << listed.error().message;
+  for (const auto& e : *listed)
+    if (e.key.name.find("model-00001") != std::string::npos) removed += fs::remove_all(e.path) > 0;
+  ASSERT_EQ(removed, 1u);
+  auto broken = OpenModel("gs://bkt/m", ro, env, OpenCacheAt(cdir / "c").get());
+  ASSERT_FALSE(broken.ok());
+  EXPECT_EQ(broken.error().code, Errc::kNetwork) << broken.error().message;
+  EXPECT_NE(broken.error().message.find("model-00001-of-00002.safetensors is not complete"), std::string::npos)
+      << broken.error().message;
+}
+
 TEST_F(Engine, CorruptedCacheChunkIsFetchedAgainNeverServed) {
   TempDir cdir;
   {

@@ -19,6 +19,17 @@ namespace coldstart::loader {
 // name, version (GCS generation; HTTP ETag, else Last-Modified) and size.
 cache::ObjectKey CacheKeyFor(const fetch::RemoteSession& session, const fetch::RemoteFile& file);
 
+// The listing as the disk cache records it for `source` (the URL as the user gave it), for
+// offline use by mounts and loads alike (DiskCache::SaveListing).
+std::string RecordedListing(const std::string& source, const fetch::RemoteSession& session,
+                            const std::vector<fetch::RemoteFile>& files);
+// The files of the listing recorded for `source` that the cache holds completely, when it holds
+// every file `required` names (all when unset); else `why` (the reason the origin was not used)
+// with what the cache lacks.
+Result<std::vector<cache::MountFile>> CompleteRecordedListing(cache::DiskCache& cache, const std::string& source,
+                                                              const Error& why,
+                                                              const std::function<bool(const std::string&)>& required = {});
+
 struct MountSource {
   std::vector<cache::MountFile> files;
   std::shared_ptr<cache::Origin> origin;
