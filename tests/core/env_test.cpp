@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace coldstart {
 namespace {
 
@@ -74,11 +76,15 @@ TEST(Env, EveryKnownVariableIsDocumented) {
 
 TEST(Env, RegistryListsModulesInRankOrder) {
   constexpr static EnvVarInfo kLater[] = {{"COLDSTART_TEST_LATER", "x", "registered later, ranked first"}};
-  static const EnvRegistrar later{"early", 1, kLater};
+  static const EnvRegistrar later{"early", -1, kLater};
   auto vars = KnownEnvVars();
   ASSERT_GE(vars.size(), 7u);
   EXPECT_EQ(vars[0].name, "COLDSTART_TEST_LATER");
-  EXPECT_EQ(vars[1].name, "COLDSTART_IO_ENGINE");
+  EXPECT_EQ(vars[1].name, "COLDSTART_LOG");  // core (rank 0), before the test table of rank 1
+  auto pos = [&](std::string_view n) {
+    return std::find_if(vars.begin(), vars.end(), [&](const EnvVarInfo& v) { return v.name == n; }) - vars.begin();
+  };
+  EXPECT_LT(pos("COLDSTART_LOG"), pos("COLDSTART_IO_ENGINE"));
   ASSERT_NE(FindEnvVar("COLDSTART_TEST_SECRET"), nullptr);
   EXPECT_TRUE(FindEnvVar("COLDSTART_TEST_SECRET")->secret);
   EXPECT_EQ(FindEnvVar("COLDSTART_NOPE"), nullptr);
