@@ -28,6 +28,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -262,6 +263,19 @@ Status LazyUnmount(const std::string& mountpoint) {
   return MakeSysError(Errc::kIo, "cannot unmount " + mountpoint + " (fusermount3 -uz and umount2 both failed)", errno);
 }
 
+// The kernel reads ahead 128 KiB at a time on a new FUSE mount, one request each. A 4 MiB window
+// lets it send 1 MiB requests (libfuse negotiates 256 pages): reading 130 MiB through a warm
+// mount took 130 requests instead of 1253, 734 MB/s instead of 514. Only root may change it
+// (sysfs); elsewhere the default stays.
+void RaiseKernelReadAhead(dev_t dev) {
+  const std::string path = "/sys/class/bdi/" + std::to_string(::major(dev)) + ":" + std::to_string(::minor(dev)) +
+                           "/read_ahead_kb";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)!::write(fd, "4096", 4);
+  ::close(fd);
+}
+
 class MountImpl;
 MountImpl* Self(fuse_req_t req) { return static_cast<MountImpl*>(fuse_req_userdata(req)); }
 
@@ -319,10 +333,8 @@ class MountImpl final : public Mount {
   void MarkPresent(std::size_t file, std::size_t c);
   void MarkAbsent(std::size_t file, std::size_t c);
 
-  // Copies [from, to) of chunk c of `file` (offsets within the chunk) to dst once it is in the
-  // cache, fetching it first when nobody is.
-  Status CopyChunk(std::size_t file, std::size_t c, std::uint64_t from, std::uint64_t to, std::byte* dst,
-                   Clock::time_point deadline);
+  // Chunk c of `file`, verified, once it is in the cache (fetching it first when nobody is).
+  Status ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out);
   // Starts fetching a claimed chunk into `buf`.
   std::shared_ptr<Fetch> StartFetch(std::size_t file, std::size_t c, ChunkClaim claim, BufferPtr buf, bool read_ahead);
   std::shared_ptr<Fetch> FindFetch(ChunkKey key);
@@ -589,6 +601,7 @@ Status MountImpl::Init() {
     const int err = errno;
     return MakeSysError(Errc::kIo, "the FUSE mount at " + options_.mountpoint + " does not answer", err);
   }
+  RaiseKernelReadAhead(st.st_dev);
   if (options_.read_ahead == ReadAhead::kAll)
     for (std::size_t i = 0; i < files_.size(); ++i) WantFile(i);
   return OkStatus();
@@ -746,28 +759,40 @@ void MountImpl::OnRead(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t o
     return;
   }
   const std::uint64_t end = std::min<std::uint64_t>(fsize, offset + size);
+  const auto deadline = Clock::now() + options_.read_deadline;
+  auto fail = [&](const Error& e) {
+    ++read_errors_;
+    Log("read of " + Describe(file) + " at " + std::to_string(offset) + " (+" + std::to_string(end - offset) +
+        " bytes) failed: " + e.ToString());
+    fuse_reply_err(req, EIO);
+  };
+  const std::size_t first = static_cast<std::size_t>(offset / chunk_bytes_);
+  if ((end - 1) / chunk_bytes_ == first) {
+    // Within one chunk (nearly every read): straight from the verified buffer to the kernel.
+    BufferPtr b;
+    Status st = ChunkBuffer(file, first, deadline, &b);
+    if (!st.ok()) return fail(st.error());
+    fuse_reply_buf(req, reinterpret_cast<const char*>(b->bytes.get() + (offset - first * chunk_bytes_)),
+                   static_cast<std::size_t>(end - offset));
+    return;
+  }
+  // Across chunks: one at a time (a reader never holds two buffers while it waits for memory).
   thread_local std::vector<std::byte> out;
   out.resize(static_cast<std::size_t>(end - offset));
-  const auto deadline = Clock::now() + options_.read_deadline;
   for (std::uint64_t pos = offset; pos < end;) {
     const std::size_t c = static_cast<std::size_t>(pos / chunk_bytes_);
     const std::uint64_t cstart = c * chunk_bytes_;
     const std::uint64_t cend = std::min(end, cstart + ChunkLen(file, c));
-    Status st = CopyChunk(file, c, pos - cstart, cend - cstart, out.data() + (pos - offset), deadline);
-    if (!st.ok()) {
-      ++read_errors_;
-      Log("read of " + Describe(file) + " at " + std::to_string(offset) + " (+" + std::to_string(end - offset) +
-          " bytes) failed: " + st.error().ToString());
-      fuse_reply_err(req, EIO);
-      return;
-    }
+    BufferPtr b;
+    Status st = ChunkBuffer(file, c, deadline, &b);
+    if (!st.ok()) return fail(st.error());
+    std::memcpy(out.data() + (pos - offset), b->bytes.get() + (pos - cstart), static_cast<std::size_t>(cend - pos));
     pos = cend;
   }
   fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), out.size());
 }
 
-Status MountImpl::CopyChunk(std::size_t file, std::size_t c, std::uint64_t from, std::uint64_t to, std::byte* dst,
-                            Clock::time_point deadline) {
+Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out) {
   const ChunkKey key = KeyOf(file, c);
   const auto len = static_cast<std::size_t>(ChunkLen(file, c));
   CacheEntry& entry = *entries_[file];
@@ -780,7 +805,7 @@ Status MountImpl::CopyChunk(std::size_t file, std::size_t c, std::uint64_t from,
     if (stop_.load()) return MakeError(Errc::kCancelled, "the file system is being unmounted");
     if (Clock::now() >= deadline) return timed_out();
     if (BufferPtr b = memory_.Find(key)) {
-      std::memcpy(dst, b->bytes.get() + from, static_cast<std::size_t>(to - from));
+      *out = std::move(b);
       return OkStatus();
     }
     // Filled by this mount right now: wait for it rather than for the cache's lock.
@@ -792,7 +817,7 @@ Status MountImpl::CopyChunk(std::size_t file, std::size_t c, std::uint64_t from,
         if (!f->read_ahead || ++origin_failures > 1) return f->status;
         continue;
       }
-      std::memcpy(dst, f->buf->bytes.get() + from, static_cast<std::size_t>(to - from));
+      *out = f->buf;
       return OkStatus();
     }
     if (entry.Present(c)) {
@@ -803,7 +828,7 @@ Status MountImpl::CopyChunk(std::size_t file, std::size_t c, std::uint64_t from,
       if (st.ok()) {
         MarkPresent(file, c);
         memory_.Put(key, b);
-        std::memcpy(dst, b->bytes.get() + from, static_cast<std::size_t>(to - from));
+        *out = std::move(b);
         return OkStatus();
       }
       if (st.error().code != Errc::kNotFound) return st;
@@ -833,7 +858,7 @@ Status MountImpl::CopyChunk(std::size_t file, std::size_t c, std::uint64_t from,
     if (!finished) continue;
     std::lock_guard lk(f->mu);
     if (!f->status.ok()) return f->status;
-    std::memcpy(dst, f->buf->bytes.get() + from, static_cast<std::size_t>(to - from));
+    *out = f->buf;
     return OkStatus();
   }
 }
