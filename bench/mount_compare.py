@@ -24,12 +24,14 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import start_nginx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS = os.path.join(ROOT, "build", "coldstart")
@@ -51,51 +53,6 @@ for path in sys.argv[1:]:
                 total += len(m[off:off + (1 << 20)])
 print(time.perf_counter() - t0, total)
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_nginx(workdir, docroot, cap):
-    conf = os.path.join(workdir, "nginx.conf")
-    port = free_port()
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 2;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  log_format sent '$bytes_sent';
-  access_log {workdir}/access.log sent;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-  client_body_temp_path {workdir}/tmp;
-  proxy_temp_path {workdir}/tmp;
-  fastcgi_temp_path {workdir}/tmp;
-  uwsgi_temp_path {workdir}/tmp;
-  scgi_temp_path {workdir}/tmp;
-  types {{ application/octet-stream safetensors; application/json json; }}
-  server {{ listen 127.0.0.1:{port}; root {docroot}; autoindex on; limit_rate {cap}; }}
-}}
-""")
-    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    p = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return p, port
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    sys.exit("nginx did not start: " + p.stderr.read().decode())
 
 
 class SentCounter:
@@ -182,7 +139,8 @@ def main():
     total = sum(os.path.getsize(os.path.join(model, f)) for f in files)
     shard_bytes = sum(os.path.getsize(os.path.join(model, f)) for f in shards)
     work = tempfile.mkdtemp(prefix="run-", dir=a.dir)
-    ngx, port = start_nginx(work, docroot, a.cap)
+    ngx, ports = start_nginx(work, docroot, {"capped": a.cap}, access_log=True)
+    port = ports["capped"]
     url = f"http://127.0.0.1:{port}/model-{a.size}/"
     counter = SentCounter(os.path.join(work, "access.log"))
     mnt = [os.path.join(work, "mnt0"), os.path.join(work, "mnt1")]

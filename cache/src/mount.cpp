@@ -73,12 +73,14 @@ ChunkKey KeyOf(std::size_t file, std::size_t chunk) {
   return (static_cast<std::uint64_t>(file) << 32) | static_cast<std::uint32_t>(chunk);
 }
 
-// Bytes of chunk buffers alive. Shared with every buffer's deleter (which hands the bytes back),
-// so it holds no buffers itself.
+// Chunk buffers: those in use and a pool of free ones. Shared with every buffer's deleter (which
+// hands its bytes back to the pool), so it holds no buffers that are in use.
+// INVARIANT: used + pooled <= the budget; every array is `capacity` bytes.
 struct Account {
   std::mutex mu;
   std::condition_variable cv;
-  std::uint64_t used = 0;  // GUARDED_BY(mu)
+  std::uint64_t used = 0;                              // GUARDED_BY(mu): in buffers alive
+  std::vector<std::unique_ptr<std::byte[]>> pool;      // GUARDED_BY(mu)
 };
 
 struct Buffer {
@@ -87,36 +89,45 @@ struct Buffer {
 };
 using BufferPtr = std::shared_ptr<Buffer>;
 
-// Chunk buffers within a byte budget, and the LRU of verified chunks.
+// Chunk buffers within a byte budget, and the LRU of verified chunks. Freed buffers are kept
+// for the next chunk: a fresh 8 MiB allocation is mmap'd, faulted in and zeroed page by page
+// (clear_page and page faults were ~12% of a warm read's CPU).
 class ChunkMemory {
  public:
-  explicit ChunkMemory(std::uint64_t budget) : budget_(budget), account_(std::make_shared<Account>()) {}
+  ChunkMemory(std::uint64_t budget, std::size_t capacity)
+      : budget_(budget), capacity_(capacity), account_(std::make_shared<Account>()) {}
 
   std::uint64_t budget() const { return budget_; }
-  std::uint64_t used() const {
-    std::lock_guard lk(account_->mu);
-    return account_->used;
-  }
 
-  // A buffer of `len` bytes once at most `limit` bytes (this one included) are in use, evicting
-  // verified chunks nobody holds, least recently used first. nullptr when `deadline` passed or
-  // `stop` was set first.
+  // A buffer of `len` (<= the chunk size) bytes once at most `limit` bytes (this one included)
+  // are in use, evicting verified chunks nobody holds, least recently used first. nullptr when
+  // `deadline` passed or `stop` was set first.
   BufferPtr Allocate(std::size_t len, std::uint64_t limit, Clock::time_point deadline, const std::atomic<bool>& stop) {
     std::unique_lock lk(account_->mu);
+    std::unique_ptr<std::byte[]> bytes;
     for (;;) {
-      while (account_->used + len > limit && EvictOneLocked(lk)) {
+      Account& a = *account_;
+      if (a.used + capacity_ <= limit) {
+        if (!a.pool.empty()) {
+          bytes = std::move(a.pool.back());
+          a.pool.pop_back();
+          break;
+        }
+        if (a.used + capacity_ * (a.pool.size() + 1) <= budget_) break;  // room for a new one
       }
-      if (account_->used + len <= limit) break;
+      if (EvictOneLocked(lk)) continue;
       if (stop.load() || Clock::now() >= deadline) return nullptr;
-      account_->cv.wait_until(lk, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
+      a.cv.wait_until(lk, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
     }
-    account_->used += len;
+    account_->used += capacity_;
     lk.unlock();
-    auto* b = new Buffer{std::make_unique_for_overwrite<std::byte[]>(len), len};
-    return BufferPtr(b, [account = account_](Buffer* p) {
+    if (!bytes) bytes = std::make_unique_for_overwrite<std::byte[]>(capacity_);
+    auto* b = new Buffer{std::move(bytes), len};
+    return BufferPtr(b, [account = account_, cap = capacity_](Buffer* p) {
       {
         std::lock_guard l(account->mu);
-        account->used -= p->len;
+        account->used -= cap;
+        account->pool.push_back(std::move(p->bytes));
       }
       account->cv.notify_all();
       delete p;
@@ -160,6 +171,9 @@ class ChunkMemory {
       gone.swap(lru_);
       index_.clear();
     }
+    gone.clear();
+    std::lock_guard lk(account_->mu);
+    account_->pool.clear();
   }
 
   void WakeAll() { account_->cv.notify_all(); }
@@ -184,6 +198,7 @@ class ChunkMemory {
   }
 
   const std::uint64_t budget_;
+  const std::size_t capacity_;
   std::shared_ptr<Account> account_;
   // Guarded by account_->mu.
   std::list<std::pair<ChunkKey, BufferPtr>> lru_;
@@ -289,7 +304,7 @@ class MountImpl final : public Mount {
         options_(std::move(options)),
         chunk_bytes_(cache_->chunk_bytes()),
         // At least two chunks: one for read-ahead, one for a reader.
-        memory_(std::max<std::uint64_t>(options_.memory_bytes, 2 * chunk_bytes_)) {
+        memory_(std::max<std::uint64_t>(options_.memory_bytes, 2 * chunk_bytes_), static_cast<std::size_t>(chunk_bytes_)) {
     read_ahead_limit_ = std::max<std::uint64_t>(chunk_bytes_, memory_.budget() - memory_.budget() / 4);
     read_ahead_limit_ = std::min(read_ahead_limit_, memory_.budget() - chunk_bytes_);
   }
