@@ -10,7 +10,7 @@
 // the cache and checked against the slot's CRC32C (CacheEntry::ReadChunk). Verified buffers stay
 // in a small LRU so the 32 consecutive 128 KiB reads the kernel makes of an 8 MiB chunk read
 // and check it once. Every buffer alive (LRU, in flight, held by a reader) is counted against
-// MountOptions::memory_bytes; read-ahead may use at most three quarters of it, so a reader
+// MountOptions::memory_bytes; read-ahead may use at most seven eighths of it, so a reader
 // always finds room once other readers let go (each reader holds one buffer at a time).
 //
 // Inode numbers are node indexes + FUSE_ROOT_ID (the root is node 0), never pointers: the
@@ -303,10 +303,11 @@ class MountImpl final : public Mount {
         origin_(std::move(origin)),
         options_(std::move(options)),
         chunk_bytes_(cache_->chunk_bytes()),
-        // At least two chunks: one for read-ahead, one for a reader.
-        memory_(std::max<std::uint64_t>(options_.memory_bytes, 2 * chunk_bytes_), static_cast<std::size_t>(chunk_bytes_)) {
-    read_ahead_limit_ = std::max<std::uint64_t>(chunk_bytes_, memory_.budget() - memory_.budget() / 4);
-    read_ahead_limit_ = std::min(read_ahead_limit_, memory_.budget() - chunk_bytes_);
+        // At least three chunks: one for read-ahead, two for readers.
+        memory_(std::max<std::uint64_t>(options_.memory_bytes, 3 * chunk_bytes_), static_cast<std::size_t>(chunk_bytes_)) {
+    // Readers keep an eighth (at least two chunks): each holds one buffer at a time.
+    const std::uint64_t reserve = std::max<std::uint64_t>(2 * chunk_bytes_, memory_.budget() / 8);
+    read_ahead_limit_ = memory_.budget() > reserve + chunk_bytes_ ? memory_.budget() - reserve : chunk_bytes_;
   }
 
   ~MountImpl() override { Shutdown(); }
