@@ -8,8 +8,9 @@
 //
 // A chunk's bytes go through a ChunkMemory buffer: fetched into it (Origin::Read), or read from
 // the cache and checked against the slot's CRC32C (CacheEntry::ReadChunk). Verified buffers stay
-// in a small LRU so the 32 consecutive 128 KiB reads the kernel makes of an 8 MiB chunk read
-// and check it once. Every buffer alive (LRU, in flight, held by a reader) is counted against
+// in an LRU so the consecutive reads the kernel makes of an 8 MiB chunk (1 MiB each with the
+// 4 MiB read-ahead window set at mount, else 128 KiB) read and check it once; a read within one
+// chunk is answered straight from its buffer. Every buffer alive (LRU, in flight, held by a reader) is counted against
 // MountOptions::memory_bytes; read-ahead may use at most seven eighths of it, so a reader
 // always finds room once other readers let go (each reader holds one buffer at a time).
 //
