@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark harnesses."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,3 +75,18 @@ http {{
             time.sleep(0.05)
     p.kill()
     sys.exit("nginx did not start: " + p.stderr.read().decode())
+
+
+def require_tools(*tools):
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run tools/setup.sh --bench")
+
+
+def synth_model(coldstart, docroot, size):
+    """docroot/model-SIZE: a Gemma-3-1b-shaped synthetic model of SIZE in 4 shards (made once)."""
+    model = os.path.join(docroot, "model-" + size)
+    if not os.path.exists(os.path.join(model, "config.json")):
+        subprocess.run([coldstart, "synth", model, "--preset", "gemma-3-1b", "--size", size, "--shards", "4", "--seed", "2"],
+                       check=True, stdout=subprocess.DEVNULL)
+    return model

@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import start_nginx  # noqa: E402
+from benchlib import require_tools, start_nginx, synth_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS = os.path.join(ROOT, "build", "coldstart")
@@ -125,15 +125,10 @@ def main():
     ap.add_argument("--dir", default="/tmp/coldstart-bench-mount")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
-    for tool in ("nginx", "rclone", "fusermount3"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run tools/setup.sh --bench")
+    require_tools("nginx", "rclone", "fusermount3")
     os.makedirs(a.dir, exist_ok=True)
     docroot = os.path.join(a.dir, "www")
-    model = os.path.join(docroot, "model-" + a.size)
-    if not os.path.exists(os.path.join(model, "config.json")):
-        subprocess.run([CS, "synth", model, "--preset", "gemma-3-1b", "--size", a.size, "--shards", "4", "--seed", "2"],
-                       check=True, stdout=subprocess.DEVNULL)
+    model = synth_model(CS, docroot, a.size)
     files = sorted(f for f in os.listdir(model) if not f.startswith("."))
     shards = [f for f in files if f.endswith(".safetensors")]
     total = sum(os.path.getsize(os.path.join(model, f)) for f in files)

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import run_rusage, start_nginx  # noqa: E402
+from benchlib import require_tools, run_rusage, start_nginx, synth_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS = os.path.join(ROOT, "build", "coldstart")
@@ -43,15 +43,10 @@ def main():
     ap.add_argument("--dir", default="/tmp/coldstart-bench-remote")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
-    for tool in ("nginx", "aria2c", "rclone", "curl"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run tools/setup.sh --bench")
+    require_tools("nginx", "aria2c", "rclone", "curl")
     os.makedirs(a.dir, exist_ok=True)
     docroot = os.path.join(a.dir, "www")
-    model = os.path.join(docroot, "model-" + a.size)
-    if not os.path.exists(os.path.join(model, "config.json")):
-        subprocess.run([CS, "synth", model, "--preset", "gemma-3-1b", "--size", a.size, "--shards", "4", "--seed", "2"],
-                       check=True)
+    model = synth_model(CS, docroot, a.size)
     files = sorted(f for f in os.listdir(model) if not f.startswith("."))
     total = sum(os.path.getsize(os.path.join(model, f)) for f in files)
     work = tempfile.mkdtemp(prefix="nginx-", dir=a.dir)
