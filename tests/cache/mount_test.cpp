@@ -155,7 +155,7 @@ class MountTest : public ::testing::Test {
     return c.ok() ? *c : nullptr;
   }
 
-  // Lists the source and mounts it; false (with the test skipped) where mounting is refused.
+  // Lists the source and mounts it; false (with skipped_ saying why) where mounting is refused.
   bool StartMount(ReadAhead ra, unsigned concurrency = 8, MountOptions mo = {}) {
     cache_ = OpenCache();
     if (!cache_) return false;
@@ -164,13 +164,18 @@ class MountTest : public ::testing::Test {
     if (!src.ok()) return false;
     files_ = src->files;
     EXPECT_TRUE(cache_->SaveListing(kSource, src->listing_json).ok());
+    return MountIt(*src, ra, mo);
+  }
+
+  // Mounts `src` over cache_ at mountpoint_, logging into log_.
+  bool MountIt(const loader::MountSource& src, ReadAhead ra, MountOptions mo = {}) {
     mo.mountpoint = mountpoint_;
     mo.read_ahead = ra;
     mo.log = [this](const std::string& line) {
       std::lock_guard lk(log_mu_);
       log_.push_back(line);
     };
-    auto m = Mount::Start(src->files, cache_, src->origin, mo);
+    auto m = Mount::Start(src.files, cache_, src.origin, mo);
     if (!m.ok() && m.error().code == Errc::kUnavailable) {
       skipped_ = "mounting is not permitted here: " + m.error().message;
       return false;
@@ -219,13 +224,14 @@ class MountTest : public ::testing::Test {
   std::vector<std::string> log_;
 };
 
-#define START_MOUNT(...)                                 \
+#define MOUNT_OR_SKIP(call)                              \
   do {                                                   \
-    if (!StartMount(__VA_ARGS__)) {                      \
+    if (!(call)) {                                       \
       if (!skipped_.empty()) GTEST_SKIP() << skipped_;   \
       FAIL() << "mount did not start";                   \
     }                                                    \
   } while (0)
+#define START_MOUNT(...) MOUNT_OR_SKIP(StartMount(__VA_ARGS__))
 
 TEST_F(MountTest, StatReaddirReadAndMmapMatchTheOrigin) {
   START_MOUNT(ReadAhead::kNone);
@@ -408,12 +414,7 @@ TEST_F(MountTest, ALocalFolderMounts) {
   std::size_t on_disk = 0;
   for (const auto& e : fs::recursive_directory_iterator(folder)) on_disk += e.is_regular_file() ? 1 : 0;
   EXPECT_EQ(src->files.size(), on_disk);
-  MountOptions mo;
-  mo.mountpoint = mountpoint_;
-  auto m = Mount::Start(src->files, cache_, src->origin, mo);
-  if (!m.ok() && m.error().code == Errc::kUnavailable) GTEST_SKIP() << m.error().message;
-  ASSERT_TRUE(m.ok()) << m.error().message;
-  mount_ = std::move(m).value();
+  MOUNT_OR_SKIP(MountIt(*src, ReadAhead::kAll));
   for (const auto& f : src->files) {
     EXPECT_EQ(ReadFile(Mnt(f.name)), ReadFile(folder + "/" + f.name)) << f.name;
     EXPECT_EQ(f.key.origin, "file://");
@@ -458,13 +459,29 @@ TEST_F(MountTest, HttpFolderKeysByEtagAndMounts) {
     EXPECT_FALSE(f.key.version.empty()) << f.name << ": the ETag";
     EXPECT_GT(f.mtime_unix, 1500000000) << f.name << ": Last-Modified";
   }
-  MountOptions mo;
-  mo.mountpoint = mountpoint_;
-  auto m = Mount::Start(src->files, cache_, src->origin, mo);
-  if (!m.ok() && m.error().code == Errc::kUnavailable) GTEST_SKIP() << m.error().message;
-  ASSERT_TRUE(m.ok()) << m.error().message;
-  mount_ = std::move(m).value();
+  MOUNT_OR_SKIP(MountIt(*src, ReadAhead::kAll));
   for (const auto& f : src->files) EXPECT_EQ(ReadFile(Mnt(f.name)), OriginBytes(f.name)) << f.name;
+}
+
+// A budget of four chunks for the whole model (3 MiB): read-ahead and readers share it, buffers
+// are evicted and reused, and every byte still arrives.
+TEST_F(MountTest, ATinyMemoryBudgetStillServesEverything) {
+  MountOptions mo;
+  mo.memory_bytes = 4 * kChunk;
+  START_MOUNT(ReadAhead::kAll, 8, mo);
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t)
+    readers.emplace_back([&, t] {
+      for (std::size_t i = 0; i < files_.size(); ++i) {
+        const auto& f = files_[(i + static_cast<std::size_t>(t)) % files_.size()];
+        if (ReadFile(Mnt(f.name)) != OriginBytes(f.name)) ++mismatches;
+      }
+    });
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  ASSERT_TRUE(WaitReadAhead());
+  EXPECT_EQ(mount_->progress().bytes_cached, ModelBytes());
 }
 
 TEST_F(MountTest, TwoProcessesReadAtOnce) {
@@ -492,12 +509,7 @@ TEST_F(MountTest, OfflineServesTheCompleteCachedCopy) {
   ASSERT_TRUE(src.ok()) << src.error().message;
   EXPECT_TRUE(src->offline);
   EXPECT_NE(warning.find("cannot reach"), std::string::npos) << warning;
-  MountOptions mo;
-  mo.mountpoint = mountpoint_;
-  mo.read_ahead = ReadAhead::kAll;
-  auto m = Mount::Start(src->files, cache_, src->origin, mo);
-  ASSERT_TRUE(m.ok()) << m.error().message;
-  mount_ = std::move(m).value();
+  MOUNT_OR_SKIP(MountIt(*src, ReadAhead::kAll));
   for (const auto& f : files_) EXPECT_EQ(ReadFile(Mnt(f.name)), OriginBytes(f.name)) << f.name;
   mount_.reset();
   // Without a complete copy the network error stands.
@@ -555,10 +567,7 @@ class MountCliTest : public MountTest {
     MountTest::SetUp();
     if (IsSkipped()) return;
     // Mounting is tried once in this process first, so a refusal skips instead of failing.
-    if (!StartMount(ReadAhead::kNone)) {
-      if (!skipped_.empty()) GTEST_SKIP() << skipped_;
-      FAIL() << "mount did not start";
-    }
+    START_MOUNT(ReadAhead::kNone);
     mount_.reset();
   }
 
