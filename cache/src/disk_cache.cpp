@@ -512,7 +512,7 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
   }
 
   Status Fill(ChunkClaim claim, const std::vector<std::pair<const std::byte*, std::size_t>>& parts,
-              std::uint32_t crc32c) override {
+              std::uint32_t crc32c, bool crc_of_these_bytes) override {
     auto& impl = ClaimImpl(claim);
     if (!impl || impl->owner.get() != this)
       return MakeError(Errc::kInvalidArgument, dir_ + ": Fill without a claim on this entry");
@@ -522,8 +522,9 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
     std::uint32_t crc = 0;
     for (const auto& [p, n] : parts) {
       total += n;
-      crc = Crc32cExtend(crc, p, n);
+      if (!crc_of_these_bytes) crc = Crc32cExtend(crc, p, n);
     }
+    if (crc_of_these_bytes) crc = crc32c;
     if (total != len)
       return MakeError(Errc::kInvalidArgument, Name(c) + ": Fill got " + std::to_string(total) + " bytes, the chunk has " +
                                                    std::to_string(len));

@@ -940,7 +940,8 @@ void MountImpl::FinishFetch(const std::shared_ptr<Fetch>& f) {
   Status status = f->origin_status;
   if (status.ok()) {
     const auto len = static_cast<std::size_t>(ChunkLen(f->file, f->chunk));
-    Status st = entries_[f->file]->Fill(std::move(f->claim), f->buf->bytes.get(), f->crc32c);
+    Status st = entries_[f->file]->Fill(std::move(f->claim), f->buf->bytes.get(), f->crc32c,
+                                                     /*crc_of_these_bytes=*/true);  // the transport's, as they arrived
     if (st.ok()) {
       MarkPresent(f->file, f->chunk);
     } else if (st.error().code == Errc::kIntegrity) {

@@ -44,7 +44,7 @@ Result<std::unique_ptr<CacheLink>> CacheLink::Open(std::shared_ptr<cache::DiskCa
       auto st = e.Claim(k, &claim);
       if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
       const auto* p = reinterpret_cast<const std::byte*>(h.data()) + k * e.chunk_bytes();
-      if (auto f = e.Fill(std::move(claim), p, Crc32c(p, e.chunk_bytes())); !f.ok()) link->Disable(f.error().ToString());
+      if (auto f = e.Fill(std::move(claim), p, Crc32c(p, e.chunk_bytes()), true); !f.ok()) link->Disable(f.error().ToString());
     }
   }
   return link;
@@ -74,7 +74,8 @@ void CacheLink::Fill(std::size_t c, cache::ChunkClaim claim, const std::byte* da
                      static_cast<std::size_t>(in.head_len)});
   parts.push_back({data, static_cast<std::size_t>(ch.length)});
   const std::uint32_t crc = in.head_len > 0 ? Crc32cCombine(in.head_crc, data_crc, ch.length) : data_crc;
-  if (auto st = entry(c).Fill(std::move(claim), parts, crc); !st.ok()) {
+  // data_crc was computed by the transport over `data` as it arrived; head_crc over the header.
+  if (auto st = entry(c).Fill(std::move(claim), parts, crc, /*crc_of_these_bytes=*/true); !st.ok()) {
     Disable(st.error().ToString());
     return;
   }

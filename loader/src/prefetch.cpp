@@ -180,7 +180,7 @@ std::uint64_t FillCacheFromFile(cache::CacheEntry& e, const std::string& path) {
       got += static_cast<std::uint64_t>(n);
     }
     if (got != len) break;
-    if (auto f = e.Fill(std::move(claim), buf.data(), Crc32c(buf.data(), len)); !f.ok()) {
+    if (auto f = e.Fill(std::move(claim), buf.data(), Crc32c(buf.data(), len), true); !f.ok()) {
       LogWarning("disk cache: " + f.error().ToString() + "; " + path + " is not cached");
       break;
     }

@@ -113,7 +113,7 @@ Status ExtendPrefixesViaCache(fetch::RemoteSession& s, std::span<const fetch::Re
       cache::CacheEntry& e = *entries[i];
       const std::size_t k = claim.chunk();
       const auto* p = reinterpret_cast<const std::byte*>((*bufs)[i].data()) + e.ChunkOffset(k);
-      if (!e.Fill(std::move(claim), p, Crc32c(p, e.ChunkLength(k))).ok()) entries[i].reset();
+      if (!e.Fill(std::move(claim), p, Crc32c(p, e.ChunkLength(k)), true).ok()) entries[i].reset();
     }
     for (auto [i, k] : busy)
       if (entries[i] && !entries[i]->WaitChunk(k, {}, std::chrono::seconds(600)).ok()) entries[i].reset();
@@ -139,7 +139,7 @@ Result<std::string> GetSmallCached(fetch::RemoteSession& s, const fetch::RemoteF
       auto st = e->Claim(k, &claim);
       if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
       const auto* p = reinterpret_cast<const std::byte*>(text.data()) + e->ChunkOffset(k);
-      if (!e->Fill(std::move(claim), p, Crc32c(p, e->ChunkLength(k))).ok()) break;
+      if (!e->Fill(std::move(claim), p, Crc32c(p, e->ChunkLength(k)), true).ok()) break;
     }
   }
   return text;

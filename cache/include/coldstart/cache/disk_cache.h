@@ -159,11 +159,14 @@ class CacheEntry {
   // `crc32c`, then its slot; releases the claim. ENOSPC/EDQUOT: kResourceExhausted. Bytes that
   // do not have that CRC: kIntegrity (nothing written). With max_bytes set, it may evict other
   // entries before returning (a scan: ~0.07 ms per entry).
+  // `crc_of_these_bytes`: the caller computed crc32c over exactly these bytes in this memory (as
+  // they arrived from the socket, or just now), so the check pass is skipped: it was ~24 % of a
+  // cold mount's CPU with the arrival CRC (bench/RESULTS.md, issue #8).
   virtual Status Fill(ChunkClaim claim, const std::vector<std::pair<const std::byte*, std::size_t>>& parts,
-                      std::uint32_t crc32c) = 0;
-  Status Fill(ChunkClaim claim, const std::byte* data, std::uint32_t crc32c) {
+                      std::uint32_t crc32c, bool crc_of_these_bytes = false) = 0;
+  Status Fill(ChunkClaim claim, const std::byte* data, std::uint32_t crc32c, bool crc_of_these_bytes = false) {
     const auto len = static_cast<std::size_t>(ChunkLength(claim.chunk()));
-    return Fill(std::move(claim), {{data, len}}, crc32c);
+    return Fill(std::move(claim), {{data, len}}, crc32c, crc_of_these_bytes);
   }
 
   virtual std::uint64_t corrupt_chunks() const = 0;  // found by this process
