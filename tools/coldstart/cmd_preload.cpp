@@ -1,0 +1,334 @@
+// `coldstart preload SRC (--to DIR | --mount MNT) [--probe-port P] [--ready-url URL] -- CMD ARGS...`:
+// the entrypoint of a serving container. It fetches the model (or mounts it) while a startup
+// probe answers 503 with progress, starts CMD with COLDSTART_MODEL_DIR set, answers 200 once
+// the model is ready (and CMD's --ready-url answers 200), forwards SIGINT/SIGTERM to CMD and
+// exits with CMD's status.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cancel.h"
+#include "cli.h"
+#include "coldstart/fetch/http.h"
+#include "coldstart/loader/preload.h"
+#include "commands.h"
+#include "options.h"
+#include "probe_server.h"
+
+extern char** environ;
+
+namespace coldstart::cli {
+namespace {
+
+Error Usage(std::string message) { return MakeError(Errc::kInvalidArgument, std::move(message)); }
+
+// The file descriptors open when preload started: inherited ones (a socket passed by the
+// supervisor, say) are passed on to CMD; everything preload opened itself (the probe's listening
+// socket, curl's connections, cache files) is marked close-on-exec before CMD starts, so CMD
+// never holds the probe's port or a lock of ours.
+std::set<int> OpenFds() {
+  std::set<int> fds;
+  DIR* d = ::opendir("/proc/self/fd");
+  if (d == nullptr) return fds;
+  const int own = ::dirfd(d);
+  while (const dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    const int fd = std::atoi(e->d_name);
+    if (fd != own) fds.insert(fd);
+  }
+  ::closedir(d);
+  return fds;
+}
+
+void CloseOnExecAllBut(const std::set<int>& inherited) {
+  for (int fd : OpenFds()) {
+    if (fd <= 2 || inherited.count(fd)) continue;
+    const int flags = ::fcntl(fd, F_GETFD);
+    if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+}
+
+// Starts CMD in a process group of its own (a terminal's Ctrl-C reaches it once, through us),
+// with no signal blocked (our threads block SIGINT/SIGTERM for sigwait) and SIGPIPE at its
+// default (curl ignores it process-wide for moments while it sends).
+Result<pid_t> Spawn(const std::vector<std::string>& cmd, const std::string& model_dir, const std::set<int>& inherited) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::string_view(*e).rfind("COLDSTART_MODEL_DIR=", 0) != 0) env.emplace_back(*e);
+  env.push_back("COLDSTART_MODEL_DIR=" + model_dir);
+  std::vector<char*> argv, envp;
+  for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (auto& v : env) envp.push_back(v.data());
+  envp.push_back(nullptr);
+
+  CloseOnExecAllBut(inherited);
+  posix_spawnattr_t attr;
+  ::posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  ::posix_spawnattr_setsigmask(&attr, &none);
+  ::posix_spawnattr_setsigdefault(&attr, &defaults);
+  ::posix_spawnattr_setpgroup(&attr, 0);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+  pid_t pid = 0;
+  const int err = ::posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
+  ::posix_spawnattr_destroy(&attr);
+  if (err != 0) return MakeSysError(err == ENOENT ? Errc::kNotFound : Errc::kPermissionDenied, "cannot run '" + cmd[0] + "'", err);
+  return pid;
+}
+
+// 128 + N for a CMD killed by signal N, as shells report it.
+int ExitCodeOf(int wait_status) {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return 1;
+}
+
+// Polls CMD's health URL every half second until it answers 200, then marks the server healthy.
+class ReadyPoller {
+ public:
+  ReadyPoller(std::string url, loader::PreloadStatus& status) : url_(std::move(url)), status_(status) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~ReadyPoller() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    pthread_setname_np(pthread_self(), "cs-ready");
+    fetch::HttpOptions o;
+    o.connect_timeout_s = 1;
+    o.timeout_s = 2;
+    fetch::HttpClient client(o);
+    fetch::HttpRequest req;
+    req.url = url_;
+    req.follow_redirects = false;
+    std::unique_lock lk(mu_);
+    while (!stop_) {
+      lk.unlock();
+      auto r = client.Send(req);
+      lk.lock();
+      if (r.ok() && r->status == 200) {
+        status_.ServerHealthy();
+        return;
+      }
+      cv_.wait_for(lk, std::chrono::milliseconds(500), [this] { return stop_; });
+    }
+  }
+
+  const std::string url_;
+  loader::PreloadStatus& status_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
+// Progress on stderr from its own thread: JSON lines (one per --progress-interval while the
+// model arrives, one per change of state) or a bar and a line per change of state.
+class StatusPrinter {
+ public:
+  StatusPrinter(loader::PreloadStatus& status, ProgressMode mode, double interval_s)
+      : status_(status), mode_(mode), interval_(interval_s), bar_(mode == ProgressMode::kBar ? ProgressMode::kBar : ProgressMode::kOff, "preload") {
+    if (mode_ != ProgressMode::kOff) thread_ = std::thread([this] { Loop(); });
+  }
+  ~StatusPrinter() { Stop(); }
+  // Prints what changed since the last tick (not a failure: the caller prints that line).
+  void Stop() {
+    {
+      std::lock_guard lk(mu_);
+      if (stop_) return;
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    bar_.Finish();
+  }
+
+ private:
+  void Loop() {
+    pthread_setname_np(pthread_self(), "cs-progress");
+    std::unique_lock lk(mu_);
+    for (;;) {
+      const bool last = stop_;
+      lk.unlock();
+      Tick();
+      lk.lock();
+      if (last) return;
+      cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_; });
+    }
+  }
+
+  void Tick() {
+    const auto s = status_.Snapshot();
+    if (s.state == "failed") return;
+    const bool changed = s.state != last_state_;
+    last_state_ = s.state;
+    const bool loading = s.model != loader::ModelPhase::kReady;
+    const auto now = std::chrono::steady_clock::now();
+    if (mode_ == ProgressMode::kJson) {
+      if (!changed && !(loading && now - last_line_ >= interval_)) return;
+      last_line_ = now;
+      const std::string body = status_.ToJson();
+      std::fprintf(stderr, "{\"event\":\"%s\",%s\n", changed ? "state" : "progress", body.c_str() + 1);
+      return;
+    }
+    if (loading) {
+      if (s.bytes_total > 0) bar_.Update(s.bytes_done, s.bytes_total);
+      return;
+    }
+    if (!changed) return;
+    bar_.Finish();
+    if (s.state == "ready") {
+      std::fprintf(stderr, "coldstart: model ready in %.2f s (%s in %s)\n", s.model_ready_seconds.value_or(0),
+                   FormatBytes(static_cast<double>(s.bytes_total)).c_str(), status_.info().dest.c_str());
+    } else if (s.state == "server-starting") {
+      std::fprintf(stderr, "coldstart: started CMD (pid %ld); waiting for its ready URL\n", s.server_pid);
+    } else if (s.state == "serving") {
+      std::fprintf(stderr, "coldstart: serving (CMD pid %ld)\n", s.server_pid);
+    } else if (s.state == "exited") {
+      std::fprintf(stderr, "coldstart: CMD exited with status %d\n", s.exit_status.value_or(-1));
+    }
+  }
+
+  loader::PreloadStatus& status_;
+  const ProgressMode mode_;
+  const std::chrono::duration<double> interval_;
+  ProgressPrinter bar_;
+  std::string last_state_;
+  std::chrono::steady_clock::time_point last_line_{};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
+Status CheckUsage(const PreloadArgs& a) {
+  if (a.to.empty() && a.mount.empty())
+    return Usage("preload needs --to DIR (fetch, then start CMD) or --mount MNT (mount, start CMD at once)");
+  if (a.cmd.empty()) return Usage("preload needs the command to run: coldstart preload SRC --to DIR -- CMD ARGS...");
+  if (!a.ready_url.empty()) {
+    if (a.ready_url.rfind("http://", 0) != 0 && a.ready_url.rfind("https://", 0) != 0)
+      return Usage("--ready-url '" + a.ready_url + "' is not an http:// or https:// URL");
+    if (a.probe_port < 0) return Usage("--ready-url gates the probe's 200: give --probe-port too");
+  }
+  if (!a.to.empty() && !a.cache_dir.empty()) return Usage("--cache-dir is for --mount (--to keeps the files themselves)");
+  if (!a.mount.empty() && a.fsync) return Usage("--fsync is for --to (a mount's cache has COLDSTART_CACHE_* settings)");
+  return OkStatus();
+}
+
+Result<ProgressMode> ResolveMode(const std::string& flag) {
+  CS_ASSIGN_OR_RETURN(auto mode, ParseProgressMode(flag));
+  if (mode == ProgressMode::kAuto) {
+    if (auto v = Env::FromProcess().Get("COLDSTART_PROGRESS")) {
+      CS_ASSIGN_OR_RETURN(mode, ParseProgressMode(*v));
+    }
+  }
+  // A container's stderr is a log, not a terminal: JSON lines there, unlike prefetch's silence.
+  if (mode == ProgressMode::kAuto) mode = ::isatty(STDERR_FILENO) ? ProgressMode::kBar : ProgressMode::kJson;
+  return mode;
+}
+
+}  // namespace
+
+int RunPreload(const PreloadArgs& args) {
+  const std::set<int> inherited = OpenFds();
+  InstallCancelSignals();  // before any thread starts
+  if (auto st = CheckUsage(args); !st.ok()) return ReportError(st.error());
+  auto mode = ResolveMode(args.progress);
+  if (!mode.ok()) return ReportError(mode.error());
+  auto source = fetch::ParseSource(args.source);
+  if (!source.ok()) return ReportError(source.error());
+  if (!args.to.empty() && source->kind == fetch::SourceKind::kLocal)
+    return ReportError(Usage(args.source + " is a local path; preload --to copies from gs:// or http(s)://"));
+  if (!args.mount.empty())
+    return ReportError(MakeError(Errc::kUnavailable, "preload --mount: this build has no FUSE mount yet; use --to DIR"));
+  std::error_code ec;
+  const std::string dest = std::filesystem::absolute(args.to, ec).lexically_normal().string();
+  if (ec) return ReportError(MakeSysError(Errc::kInvalidArgument, args.to, ec.value()));
+  if (auto st = fetch::CurlGlobalInit(); !st.ok()) return ReportError(st.error());
+
+  loader::PreloadStatus status({args.source, "to", dest, !args.ready_url.empty()});
+  std::unique_ptr<ProbeServer> probe;
+  if (args.probe_port >= 0) {
+    auto p = ProbeServer::Start(args.probe_host, args.probe_port, [&status] {
+      return std::make_pair(status.Ready() ? 200 : 503, status.ToJson());
+    });
+    if (!p.ok()) return ReportError(p.error());
+    probe = std::move(p).value();
+    // One line a test or a supervisor can find the port in (--probe-port 0).
+    std::fprintf(stderr, "coldstart: probe listening on http://%s:%d/\n", args.probe_host.c_str(), probe->port());
+  }
+  StatusPrinter printer(status, *mode, args.progress_interval);
+  auto fail = [&](const Error& e) {
+    status.ModelFailed(e);
+    printer.Stop();
+    return ReportError(e);
+  };
+
+  auto session = OpenRemote(*source, args.remote);
+  if (!session.ok()) return fail(session.error());
+  loader::PrefetchOptions o;
+  if (auto st = o.ApplyEnv(Env::FromProcess()); !st.ok()) return fail(st.error());
+  o.include = args.include;
+  o.exclude = args.exclude;
+  if (args.fsync) o.fsync = true;
+  o.progress = [](std::uint64_t, std::uint64_t) { return !CancelRequested(); };
+  o.cancelled = [] { return CancelRequested(); };
+  o.on_lock_wait = [](const std::string& path) {
+    std::fprintf(stderr, "coldstart: waiting for another process writing %s\n", path.c_str());
+  };
+  auto r = loader::PreloadTo(**session, dest, o, status);
+  if (CancelRequested()) {
+    status.ModelFailed(MakeError(Errc::kCancelled, "cancelled"));
+    printer.Stop();
+    return ReportCancelled(r.ok() ? "the model had arrived; CMD was not started" : r.error().message);
+  }
+  if (!r.ok()) return fail(r.error());
+
+  auto pid = Spawn(args.cmd, dest, inherited);
+  if (!pid.ok()) {
+    printer.Stop();
+    ReportError(pid.error());
+    // As shells say it: 127 command not found, 126 found but not runnable.
+    return pid.error().code == Errc::kNotFound ? 127 : 126;
+  }
+  // A signal that came while CMD was being started is passed on now; later ones as they come.
+  if (const int pending = ForwardSignalsTo(*pid)) ::kill(*pid, pending);
+  status.ServerStarted(*pid);
+  std::optional<ReadyPoller> poller;
+  if (!args.ready_url.empty()) poller.emplace(args.ready_url, status);
+
+  int wait_status = 0;
+  while (::waitpid(*pid, &wait_status, 0) < 0 && errno == EINTR) {
+  }
+  const int code = ExitCodeOf(wait_status);
+  poller.reset();
+  status.ServerExited(code);
+  printer.Stop();
+  return code;
+}
+
+}  // namespace coldstart::cli
