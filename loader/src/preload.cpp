@@ -119,13 +119,18 @@ PreloadSnapshot PreloadStatus::Snapshot() const {
   s.server_pid = pid_;
   s.exit_status = exit_status_;
   if (model_ready_at_) s.model_ready_seconds = Seconds(*model_ready_at_);
-  if (samples_.size() >= 2) {
-    const auto& [t0, b0] = samples_.front();
-    // The window ends now, not at the last sample, so a fetch that stalls shows its rate
-    // falling; once the model is ready it ends there (the rate the model came at).
+  // Bytes since the last sample at least kRateWindow old (the oldest one while the fetch is
+  // younger than that), over the time since. The window ends now, so a stalled fetch shows 0
+  // after kRateWindow; once the model is ready it ends there (the rate the model came at).
+  if (!samples_.empty()) {
     const auto end = model_ready_at_ ? *model_ready_at_ : t;
-    const double secs = std::chrono::duration<double>(end - t0).count();
-    if (secs > 0) s.bytes_per_second = static_cast<double>(done_ - b0) / secs;
+    auto base = samples_.front();
+    for (const auto& sample : samples_) {
+      if (end - sample.first < kRateWindow) break;
+      base = sample;
+    }
+    const double secs = std::chrono::duration<double>(end - base.first).count();
+    if (secs > 0) s.bytes_per_second = static_cast<double>(done_ - base.second) / secs;
   }
   if (model_ == ModelPhase::kReady) {
     s.eta_seconds = 0.0;

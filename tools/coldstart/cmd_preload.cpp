@@ -6,7 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,8 +62,12 @@ void CloseOnExecAllBut(const std::set<int>& inherited) {
 }
 
 // Starts CMD in a process group of its own (a terminal's Ctrl-C reaches it once, through us),
-// with no signal blocked (our threads block SIGINT/SIGTERM for sigwait) and SIGPIPE at its
-// default (curl ignores it process-wide for moments while it sends).
+// with no signal blocked (our threads block SIGINT/SIGTERM for sigwait), SIGPIPE at its
+// default (curl ignores it process-wide for moments while it sends), and SIGTERM should
+// preload itself die (kill -9 outside a container, where CMD would otherwise live on
+// orphaned). fork/exec rather than posix_spawn for that last one (PR_SET_PDEATHSIG); the child
+// makes only async-signal-safe calls, and an exec failure comes back through a close-on-exec
+// pipe, as posix_spawn does it.
 Result<pid_t> Spawn(const std::vector<std::string>& cmd, const std::string& model_dir, const std::set<int>& inherited) {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e)
@@ -76,20 +80,42 @@ Result<pid_t> Spawn(const std::vector<std::string>& cmd, const std::string& mode
   envp.push_back(nullptr);
 
   CloseOnExecAllBut(inherited);
-  posix_spawnattr_t attr;
-  ::posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  sigaddset(&defaults, SIGPIPE);
-  ::posix_spawnattr_setsigmask(&attr, &none);
-  ::posix_spawnattr_setsigdefault(&attr, &defaults);
-  ::posix_spawnattr_setpgroup(&attr, 0);
-  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-  pid_t pid = 0;
-  const int err = ::posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
-  ::posix_spawnattr_destroy(&attr);
-  if (err != 0) return MakeSysError(err == ENOENT ? Errc::kNotFound : Errc::kPermissionDenied, "cannot run '" + cmd[0] + "'", err);
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return MakeSysError(Errc::kIo, "cannot run '" + cmd[0] + "': pipe", errno);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    const int err = errno;
+    ::close(pipe_fds[0]);
+    ::close(pipe_fds[1]);
+    return MakeSysError(Errc::kResourceExhausted, "cannot run '" + cmd[0] + "': fork", err);
+  }
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(128 + SIGTERM);  // preload died before prctl
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    ::sigaction(SIGPIPE, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    ::execvpe(argv[0], argv.data(), envp.data());
+    const int err = errno;
+    (void)!::write(pipe_fds[1], &err, sizeof err);
+    ::_exit(127);
+  }
+  ::close(pipe_fds[1]);
+  int err = 0;
+  ssize_t n;
+  while ((n = ::read(pipe_fds[0], &err, sizeof err)) < 0 && errno == EINTR) {
+  }
+  ::close(pipe_fds[0]);
+  if (n == static_cast<ssize_t>(sizeof err)) {
+    ::waitpid(pid, nullptr, 0);
+    return MakeSysError(err == ENOENT || err == ENOTDIR ? Errc::kNotFound : Errc::kPermissionDenied,
+                        "cannot run '" + cmd[0] + "'", err);
+  }
   return pid;
 }
 

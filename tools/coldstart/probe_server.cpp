@@ -16,6 +16,13 @@ class HttplibProbe final : public ProbeServer {
     // keep-alive connections must not hold them (Cloud Run and kubelet reconnect anyway).
     server_.new_task_queue = [] { return new httplib::ThreadPool(2); };
     server_.set_keep_alive_timeout(1);
+    // SO_REUSEADDR (a restarted container binds despite TIME_WAIT) but not httplib's default
+    // SO_REUSEPORT: a port someone else listens on must be an error, not a shared port where
+    // the kernel hands each probe to one of us at random.
+    server_.set_socket_options([](int sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     auto handler = [this](const httplib::Request&, httplib::Response& res) {
       auto [status, body] = answer_();
       res.status = status;
