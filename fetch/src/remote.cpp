@@ -161,6 +161,8 @@ Result<RemoteFile> RemoteSession::StatGcsObject(const std::string& object, const
   f.object.display = ObjectDisplay(source_, object);
   f.object.size = m.size;
   f.object.generation = m.generation;
+  f.version = std::to_string(m.generation);
+  f.mtime_unix = m.generation / 1000000;
   f.crc32c = m.crc32c;
   f.md5_base64 = std::move(m.md5_base64);
   // Pinning the generation: an overwrite mid-download answers 412 instead of mixing versions.
@@ -191,6 +193,8 @@ Result<std::vector<RemoteFile>> RemoteSession::ListGcs() {
       f.object.display = ObjectDisplay(source_, it.name);
       f.object.size = it.size;
       f.object.generation = it.generation;
+      f.version = std::to_string(it.generation);
+      f.mtime_unix = it.generation / 1000000;
       f.crc32c = it.crc32c;
       f.md5_base64 = std::move(it.md5_base64);
       f.object.url = endpoint_.base + "/storage/v1/b/" + UrlEncode(source_.bucket) + "/o/" + UrlEncode(it.name) +
@@ -240,6 +244,14 @@ Result<RemoteFile> RemoteSession::StatHttp(const std::string& url, const std::st
     auto gen = ParseGeneration(g);
     if (!gen) return MakeError(Errc::kFormat, RedactUrl(url) + ": malformed x-goog-generation '" + g.substr(0, 40) + "'");
     f.object.generation = *gen;
+  }
+  // The validator a cache keys this version by (what a conditional GET would send).
+  f.version = resp.Header("etag");
+  const std::string modified = resp.Header("last-modified");
+  if (f.version.empty()) f.version = modified;
+  if (!modified.empty()) {
+    const time_t t = curl_getdate(modified.c_str(), nullptr);  // -1: not a date
+    if (t > 0) f.mtime_unix = t;
   }
   std::string hash = resp.Header("x-goog-hash");  // crc32c=...,md5=...
   for (std::size_t p = 0; p < hash.size();) {

@@ -22,6 +22,8 @@ std::mutex g_forward_mu;
 long g_forward_pid = 0;
 int g_forwarded_sig = 0;
 std::chrono::steady_clock::time_point g_forwarded_at;
+std::mutex g_handler_mu;
+std::function<void()> g_handler;  // GUARDED_BY(g_handler_mu)
 
 const char* SignalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
@@ -61,6 +63,8 @@ void InstallCancelSignals() {
       int expected = 0;
       if (g_signal.compare_exchange_strong(expected, sig)) {
         first = std::chrono::steady_clock::now();
+        std::lock_guard lk(g_handler_mu);
+        if (g_handler) g_handler();
         continue;
       }
       // One keypress or `timeout` can deliver the same signal twice (to the process and to its
@@ -79,6 +83,12 @@ int ForwardSignalsTo(long pid) {
   std::lock_guard lk(g_forward_mu);
   g_forward_pid = pid;
   return g_signal.load();
+}
+
+void OnCancelSignal(std::function<void()> fn) {
+  std::lock_guard lk(g_handler_mu);
+  g_handler = std::move(fn);
+  if (g_handler && CancelRequested()) g_handler();
 }
 
 int CancelSignal() { return g_signal.load(std::memory_order_relaxed); }

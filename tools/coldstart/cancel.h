@@ -8,6 +8,7 @@
 // ignored, as POSIX programs do.
 #pragma once
 
+#include <functional>
 #include <string_view>
 
 namespace coldstart::cli {
@@ -17,6 +18,10 @@ void InstallCancelSignals();
 // The signal that asked to stop (SIGINT, SIGTERM), or 0.
 int CancelSignal();
 inline bool CancelRequested() { return CancelSignal() != 0; }
+// Also calls `fn` (on the signal thread) at the first signal, or at once when one came
+// already: for operations that stop by being told (a mount unmounts). Empty clears it; after
+// that returns, `fn` is not running and will not run.
+void OnCancelSignal(std::function<void()> fn);
 // Prints "coldstart: cancelled by SIGINT[ (detail)]" on stderr; returns 128 + the signal
 // (130 for SIGINT, 143 for SIGTERM).
 int ReportCancelled(std::string_view detail = {});

@@ -84,6 +84,18 @@ struct PreloadArgs {
   std::vector<std::string> cmd;        // CMD ARGS... (after --)
 };
 
+struct MountArgs {
+  std::string source, mountpoint;
+  std::string cache_dir;        // --cache-dir; else COLDSTART_CACHE_DIR, else the default
+  std::string cache_max_bytes;  // --cache-max-bytes (size text)
+  std::string read_ahead = "all";
+  std::string memory;           // --memory (size text): chunk buffers
+  double read_deadline_s = 0;   // --read-deadline; 0 = MountOptions' default
+  bool allow_other = false;
+  std::string progress = "auto";
+  RemoteFlags remote;
+};
+
 struct AuthArgs {
   std::string source;  // empty: GCS credentials (they do not depend on the bucket)
   RemoteFlags remote;
@@ -92,6 +104,7 @@ struct AuthArgs {
 int RunPrefetch(const PrefetchArgs& args);
 int RunPreload(const PreloadArgs& args);
 int RunAuth(const AuthArgs& args);
+int RunMount(const MountArgs& args);
 int RunInspect(const InspectArgs& args);
 int RunLoad(const LoadArgs& args);
 int RunSynth(const SynthArgs& args);

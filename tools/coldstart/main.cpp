@@ -117,6 +117,21 @@ int main(int argc, char** argv) {
   AddRemoteFlags(cpl, &preload.remote);
   cpl->add_option("cmd", preload.cmd, "-- CMD ARGS...: the server to run, with COLDSTART_MODEL_DIR set");
 
+  MountArgs mount;
+  auto* cm = app.add_subcommand("mount", "Mount a model read-only (FUSE) with a disk cache below; runs until SIGTERM, SIGINT or fusermount3 -u");
+  cm->add_option("source", mount.source, "gs://BUCKET/PREFIX, an http(s) folder URL or a local folder")->required();
+  cm->add_option("mountpoint", mount.mountpoint, "An empty folder to mount on")->required();
+  cm->add_option("--cache-dir", mount.cache_dir, "Disk cache folder (default: env COLDSTART_CACHE_DIR, else $XDG_CACHE_HOME/coldstart or ~/.cache/coldstart)");
+  cm->add_option("--cache-max-bytes", mount.cache_max_bytes, "Cap on the cache's size, e.g. 20GiB; least recently used objects not in use are evicted (env COLDSTART_CACHE_MAX_BYTES)");
+  cm->add_option("--read-ahead", mount.read_ahead, "all: fetch every file at once (default); open: a file once opened; none: only what read() asks for")
+      ->check(CLI::IsMember({"all", "open", "none"}));
+  cm->add_option("--memory", mount.memory, "Memory for chunk buffers (read-ahead in flight and recently read chunks), e.g. 256MiB (default 256 MiB)");
+  cm->add_option("--read-deadline", mount.read_deadline_s, "Seconds a read() may wait for its bytes before failing with EIO (default 120)")
+      ->check(CLI::PositiveNumber);
+  cm->add_flag("--allow-other", mount.allow_other, "Let other users read the mount (needs user_allow_other in /etc/fuse.conf unless root)");
+  cm->add_option("--progress", mount.progress, "auto|bar|json|off: read-ahead progress on stderr");
+  AddRemoteFlags(cm, &mount.remote);
+
   AuthArgs auth;
   auto* ca = app.add_subcommand("auth", "Say which credential source and identity coldstart would use");
   ca->add_option("source", auth.source, "A gs:// or http(s) source (default gs://)");
@@ -168,5 +183,6 @@ int main(int argc, char** argv) {
   if (cp->parsed()) return RunPrefetch(prefetch);
   if (cpl->parsed()) return RunPreload(preload);
   if (ca->parsed()) return RunAuth(auth);
+  if (cm->parsed()) return RunMount(mount);
   return 2;
 }

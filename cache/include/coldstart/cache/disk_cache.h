@@ -48,6 +48,8 @@ struct DiskCacheOptions {
                                           // use are evicted until the cache fits.
   std::uint64_t chunk_bytes = 8ull << 20; // for a new cache dir; an existing one keeps its own
   bool fsync = false;                     // flush data before its slot, and the slot (power loss)
+  bool create = true;                     // false: a missing folder or config is kNotFound
+                                          // (`coldstart cache ls` never creates a cache)
   // COLDSTART_CACHE_DIR, COLDSTART_CACHE_MAX_BYTES.
   Status ApplyEnv(const Env& env);
 };
@@ -62,6 +64,9 @@ struct ObjectKey {
   std::string version;     // GCS generation; HTTP ETag (else Last-Modified); local mtime+inode
   std::uint64_t size = 0;
   std::string ToString() const;  // one line per field; what `key` holds and the hash covers
+  // The inverse of ToString (kFormat when `text` is not one).
+  static Result<ObjectKey> Parse(const std::string& text);
+  bool operator==(const ObjectKey&) const = default;
 };
 
 struct EntryInfo {
@@ -71,17 +76,21 @@ struct EntryInfo {
   std::uint64_t present_bytes = 0;  // bytes of present chunks
   std::int64_t last_used_unix = 0;
   bool in_use = false;              // some process has it open
+  std::string problem;              // "" for a sound entry; else why it cannot be served
+                                    // (unreadable key or map): verify, evict and clear remove it
 };
 
 struct VerifyReport {
   std::uint64_t entries = 0, chunks_checked = 0, bytes_checked = 0;
   std::uint64_t corrupt_chunks = 0;   // cleared (they will be fetched again)
+  std::uint64_t corrupt_entries = 0;  // unreadable key or map: removed (kept when in use)
   std::vector<std::string> messages;  // one line per problem, naming the object
 };
 
 struct EvictReport {
   std::uint64_t entries_removed = 0, bytes_freed = 0;
   std::uint64_t skipped_in_use = 0;
+  std::vector<std::string> messages;  // entries that could not be removed, and why
 };
 
 class CacheEntry;
@@ -90,6 +99,7 @@ class CacheEntry;
 // CacheEntry::Fill releases the chunk for someone else to fill.
 class ChunkClaim {
  public:
+  struct Impl;  // opaque; defined by the implementation
   ChunkClaim();
   ChunkClaim(ChunkClaim&&) noexcept;
   ChunkClaim& operator=(ChunkClaim&&) noexcept;
@@ -100,7 +110,6 @@ class ChunkClaim {
 
  private:
   friend class CacheEntry;
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -152,6 +161,10 @@ class CacheEntry {
   }
 
   virtual std::uint64_t corrupt_chunks() const = 0;  // found by this process
+
+ protected:
+  // Implementations reach a claim's innards through this (friendship is not inherited).
+  static std::unique_ptr<ChunkClaim::Impl>& ClaimImpl(ChunkClaim& claim) { return claim.impl_; }
 };
 
 class DiskCache {

@@ -22,6 +22,12 @@ struct RemoteFile {
   RemoteObject object;             // display, media URL (generation pinned), size, generation
   std::optional<std::uint32_t> crc32c;
   std::string md5_base64;          // when the server has no CRC32C
+  // Which version of the object this is, for cache keys: the GCS generation (decimal); for
+  // plain HTTP the ETag, else Last-Modified, else "" (the server offers no validator).
+  std::string version;
+  // Last modification, seconds since the epoch, 0 when unknown: HTTP Last-Modified; for GCS
+  // the generation, which is the time the version was written in microseconds.
+  std::int64_t mtime_unix = 0;
 };
 
 struct RemoteOptions {
@@ -47,6 +53,7 @@ class RemoteSession {
   Result<RemoteFile> Stat(const std::string& name);
 
   const Source& source() const { return source_; }
+  const GcsEndpoint& endpoint() const { return endpoint_; }  // gs:// sources
   const RemoteOptions& options() const { return options_; }
   std::string DescribeCredentials() const;
   // Adds the identity to permission errors from the range engine ("credentials used: ...").
