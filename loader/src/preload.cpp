@@ -197,4 +197,16 @@ Result<PrefetchReport> PreloadTo(fetch::RemoteSession& session, const std::strin
   return r;
 }
 
+void UpdateFromMount(const cache::MountProgress& p, PreloadStatus& status) {
+  status.Progress(p.bytes_cached, p.bytes_total);
+  if (!p.read_ahead_done) return;
+  if (p.read_ahead_failures == 0) {
+    status.ModelReady();
+    return;
+  }
+  status.ModelFailed(MakeError(Errc::kIo, "read-ahead failed for " + std::to_string(p.read_ahead_failures) + " of the files (" +
+                                              FormatBytes(static_cast<double>(p.bytes_total - p.bytes_cached)) +
+                                              " not cached); the log names them"));
+}
+
 }  // namespace coldstart::loader

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +42,7 @@ bool Exists(const std::string& p) { return std::filesystem::exists(p); }
 // EXIT_ON_SIGNAL=1: TERM exits 42, INT exits 43.
 constexpr const char* kServeScript = R"(#!/bin/sh
 d="$1"
+: > "$d/launched"
 mkdir -p "$d/seen"
 cp "$COLDSTART_MODEL_DIR"/* "$d/seen/" 2>/dev/null
 ls -l /proc/$$/fd/ > "$d/fds"
@@ -71,6 +73,8 @@ class Preload {
         "exec env " + env + " " + COLDSTART_BIN + " preload " + args + " >" + (t_ / "out") + " 2>" + (t_ / "err");
     pid_ = ::fork();
     if (pid_ == 0) {
+      // Only 0-2: the fake server's sockets of this process are not preload's to pass on.
+      ::syscall(SYS_close_range, 3, ~0u, 0);
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
@@ -403,6 +407,76 @@ TEST_F(PreloadCli, CmdNotFoundAndProbePortTakenAreOneLine) {
   EXPECT_EQ(LinesOf(busy.err).size(), 1u) << busy.err;
   EXPECT_NE(busy.err.find("cannot listen on 127.0.0.1:" + std::to_string(taken.port())), std::string::npos) << busy.err;
   EXPECT_FALSE(Exists(Marker("started")));
+}
+
+// ---- --mount: CMD starts at once on the FUSE mount, the probe waits for read-ahead ----
+
+bool MountedAt(const std::string& dir) {
+  return ReadFile("/proc/self/mounts").find(" " + dir + " fuse") != std::string::npos;
+}
+
+class PreloadMount : public PreloadCli {
+ protected:
+  void SetUp() override {
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "no usable /dev/fuse";
+    if (std::system("command -v fusermount3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "fusermount3 is not installed";
+  }
+};
+
+TEST_F(PreloadMount, CmdStartsOnTheMountAtOnceAndTheProbeWaitsForReadAhead) {
+  Start(512 << 10);  // 4 MiB over 2 connections at 512 KiB/s each: about 4 s
+  const std::string mnt = out_ / "mnt", cache = out_ / "cache";
+  Preload p("gs://bkt/m --mount " + mnt + " --cache-dir " + cache +
+                " --probe-port 0 --probe-host 127.0.0.1 --progress off --concurrency 2 " + Cmd(),
+            env_);
+  const int port = p.ProbePort();
+  ASSERT_GT(port, 0) << p.err();
+  ASSERT_TRUE(WaitFor([&] { return Exists(Marker("launched")); })) << p.err();
+  Probe early = Get(port);
+  EXPECT_EQ(early.status, 503) << early.body;
+  EXPECT_EQ(early.body["mode"], "mount");
+  EXPECT_EQ(early.body["model"], "fetching") << "CMD runs before the model is all there: " << early.body;
+  EXPECT_EQ(early.body["server"], "running");
+  EXPECT_TRUE(MountedAt(mnt));
+  Probe done;
+  ASSERT_TRUE(WaitFor([&] { return (done = Get(port)).status == 200; })) << p.err();
+  EXPECT_EQ(done.body["state"], "serving");
+  EXPECT_EQ(done.body["bytes_done"], done.body["bytes_total"]);
+  ASSERT_TRUE(WaitFor([&] { return Exists(Marker("started")); }));
+  EXPECT_EQ(ReadFile(Marker("started")), mnt + "\n") << "COLDSTART_MODEL_DIR is the mount point";
+  ExpectCmdSawTheModel();  // read through the mount while read-ahead ran
+  Stop("4");
+  auto r = p.Wait();
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_FALSE(MountedAt(mnt)) << "unmounted when CMD exits";
+
+  // Second start: the cache has every byte, so nothing comes from the server.
+  server_->ResetStats();
+  std::filesystem::remove_all(tmp_ / "stop");
+  std::filesystem::remove_all(tmp_ / "seen");
+  Preload again("gs://bkt/m --mount " + mnt + " --cache-dir " + cache +
+                    " --probe-port 0 --probe-host 127.0.0.1 --progress off " + Cmd(),
+                env_);
+  const int port2 = again.ProbePort();
+  ASSERT_GT(port2, 0) << again.err();
+  ASSERT_TRUE(WaitFor([&] { return Get(port2).status == 200; }, 5s)) << again.err();
+  ASSERT_TRUE(WaitFor([&] { return Exists(Marker("started")); }));
+  ExpectCmdSawTheModel();
+  Stop("0");
+  EXPECT_EQ(again.Wait().code, 0);
+  EXPECT_EQ(server_->stats().media_bytes_sent, 0u) << "a warm cache serves the second start";
+}
+
+TEST_F(PreloadMount, SigtermGoesToCmdAndTheMountIsGoneAfter) {
+  Start(0);
+  const std::string mnt = out_ / "mnt";
+  Preload p("gs://bkt/m --mount " + mnt + " --cache-dir " + (out_ / "cache") + " --progress off " + Cmd(),
+            "EXIT_ON_SIGNAL=1 " + env_);
+  ASSERT_TRUE(WaitFor([&] { return Exists(Marker("started")); })) << p.err();
+  p.Signal(SIGTERM);
+  auto r = p.Wait();
+  EXPECT_EQ(r.code, 42) << r.err;
+  EXPECT_FALSE(MountedAt(mnt));
 }
 
 }  // namespace

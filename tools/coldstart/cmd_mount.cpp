@@ -15,25 +15,6 @@
 
 namespace coldstart::cli {
 
-namespace {
-
-Result<cache::DiskCacheOptions> MakeCacheOptions(const std::string& dir, const std::string& max_bytes, const Env& env) {
-  cache::DiskCacheOptions o;
-  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
-  if (!dir.empty()) o.dir = dir;
-  if (o.dir.empty()) {
-    CS_ASSIGN_OR_RETURN(o.dir, cache::DefaultCacheDir(env));
-  }
-  if (!max_bytes.empty()) {
-    auto b = ParseBytes(max_bytes);
-    if (!b.ok()) return std::move(b).error().WithContext("--cache-max-bytes");
-    o.max_bytes = *b;
-  }
-  return o;
-}
-
-}  // namespace
-
 int RunMount(const MountArgs& args) {
   InstallCancelSignals();  // before any thread starts
   const auto t0 = std::chrono::steady_clock::now();

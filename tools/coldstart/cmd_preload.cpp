@@ -7,14 +7,18 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -22,7 +26,10 @@
 
 #include "cancel.h"
 #include "cli.h"
+#include "coldstart/cache/disk_cache.h"
+#include "coldstart/cache/mount.h"
 #include "coldstart/fetch/http.h"
+#include "coldstart/loader/mount_source.h"
 #include "coldstart/loader/preload.h"
 #include "commands.h"
 #include "options.h"
@@ -36,9 +43,10 @@ namespace {
 Error Usage(std::string message) { return MakeError(Errc::kInvalidArgument, std::move(message)); }
 
 // The file descriptors open when preload started: inherited ones (a socket passed by the
-// supervisor, say) are passed on to CMD; everything preload opened itself (the probe's listening
-// socket, curl's connections, cache files) is marked close-on-exec before CMD starts, so CMD
-// never holds the probe's port or a lock of ours.
+// supervisor, say) are passed on to CMD; everything preload opened itself (the probe's sockets,
+// curl's connections, cache files) is closed in CMD before it runs, so CMD never holds the
+// probe's port or a lock of ours. Closed in the child, after fork: marking them close-on-exec
+// before would miss a connection another thread accepts in between.
 std::set<int> OpenFds() {
   std::set<int> fds;
   DIR* d = ::opendir("/proc/self/fd");
@@ -53,12 +61,11 @@ std::set<int> OpenFds() {
   return fds;
 }
 
-void CloseOnExecAllBut(const std::set<int>& inherited) {
-  for (int fd : OpenFds()) {
-    if (fd <= 2 || inherited.count(fd)) continue;
-    const int flags = ::fcntl(fd, F_GETFD);
-    if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
-  }
+// Async-signal-safe (a child of a threaded process): close_range, else close() one by one.
+void CloseRange(int first, int last, int max_fd) {
+  if (first > last) return;
+  if (::syscall(SYS_close_range, first, last, 0) == 0) return;
+  for (int fd = first; fd <= last && fd < max_fd; ++fd) ::close(fd);
 }
 
 // Starts CMD in a process group of its own (a terminal's Ctrl-C reaches it once, through us),
@@ -79,9 +86,13 @@ Result<pid_t> Spawn(const std::vector<std::string>& cmd, const std::string& mode
   for (auto& v : env) envp.push_back(v.data());
   envp.push_back(nullptr);
 
-  CloseOnExecAllBut(inherited);
   int pipe_fds[2];
   if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return MakeSysError(Errc::kIo, "cannot run '" + cmd[0] + "': pipe", errno);
+  // Kept open in CMD: 0-2, what preload inherited, and the exec-error pipe (close-on-exec).
+  std::vector<int> keep{0, 1, 2, pipe_fds[1]};
+  keep.insert(keep.end(), inherited.begin(), inherited.end());
+  std::sort(keep.begin(), keep.end());
+  const int max_fd = static_cast<int>(std::min<long>(::sysconf(_SC_OPEN_MAX), 1 << 20));
   const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
@@ -91,6 +102,12 @@ Result<pid_t> Spawn(const std::vector<std::string>& cmd, const std::string& mode
     return MakeSysError(Errc::kResourceExhausted, "cannot run '" + cmd[0] + "': fork", err);
   }
   if (pid == 0) {
+    int next = 0;
+    for (int fd : keep) {
+      CloseRange(next, fd - 1, max_fd);
+      next = std::max(next, fd + 1);
+    }
+    CloseRange(next, std::numeric_limits<int>::max(), max_fd);
     ::setpgid(0, 0);
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(128 + SIGTERM);  // preload died before prctl
@@ -262,6 +279,8 @@ Status CheckUsage(const PreloadArgs& a) {
   }
   if (!a.to.empty() && !a.cache_dir.empty()) return Usage("--cache-dir is for --mount (--to keeps the files themselves)");
   if (!a.mount.empty() && a.fsync) return Usage("--fsync is for --to (a mount's cache has COLDSTART_CACHE_* settings)");
+  if (!a.mount.empty() && (!a.include.empty() || !a.exclude.empty()))
+    return Usage("--include/--exclude are for --to (a mount shows every object of SRC)");
   return OkStatus();
 }
 
@@ -277,6 +296,46 @@ Result<ProgressMode> ResolveMode(const std::string& flag) {
   return mode;
 }
 
+// --mount: follows the mount's read-ahead into the status until the model is ready (or
+// failed: then says so in one error line; CMD keeps running, the probe stays 503).
+class MountWatcher {
+ public:
+  MountWatcher(const cache::Mount& mount, loader::PreloadStatus& status) : mount_(mount), status_(status) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~MountWatcher() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    pthread_setname_np(pthread_self(), "cs-mountwatch");
+    std::unique_lock lk(mu_);
+    while (!stop_) {
+      loader::UpdateFromMount(mount_.progress(), status_);
+      const auto snap = status_.Snapshot();
+      if (snap.model == loader::ModelPhase::kFailed) {
+        ReportError(MakeError(Errc::kIo, snap.error));
+        return;
+      }
+      if (snap.model == loader::ModelPhase::kReady) return;
+      cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_; });
+    }
+  }
+
+  const cache::Mount& mount_;
+  loader::PreloadStatus& status_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
 }  // namespace
 
 int RunPreload(const PreloadArgs& args) {
@@ -285,18 +344,21 @@ int RunPreload(const PreloadArgs& args) {
   if (auto st = CheckUsage(args); !st.ok()) return ReportError(st.error());
   auto mode = ResolveMode(args.progress);
   if (!mode.ok()) return ReportError(mode.error());
+  const bool to = !args.to.empty();
   auto source = fetch::ParseSource(args.source);
   if (!source.ok()) return ReportError(source.error());
-  if (!args.to.empty() && source->kind == fetch::SourceKind::kLocal)
+  if (to && source->kind == fetch::SourceKind::kLocal)
     return ReportError(Usage(args.source + " is a local path; preload --to copies from gs:// or http(s)://"));
-  if (!args.mount.empty())
-    return ReportError(MakeError(Errc::kUnavailable, "preload --mount: this build has no FUSE mount yet; use --to DIR"));
   std::error_code ec;
-  const std::string dest = std::filesystem::absolute(args.to, ec).lexically_normal().string();
-  if (ec) return ReportError(MakeSysError(Errc::kInvalidArgument, args.to, ec.value()));
+  const std::string dest = std::filesystem::absolute(to ? args.to : args.mount, ec).lexically_normal().string();
+  if (ec) return ReportError(MakeSysError(Errc::kInvalidArgument, to ? args.to : args.mount, ec.value()));
+  const Env env = Env::FromProcess();
+  if (auto st = env.Validate(); !st.ok()) return ReportError(st.error());
+  auto remote = MakeRemoteOptions(args.remote);
+  if (!remote.ok()) return ReportError(remote.error());
   if (auto st = fetch::CurlGlobalInit(); !st.ok()) return ReportError(st.error());
 
-  loader::PreloadStatus status({args.source, "to", dest, !args.ready_url.empty()});
+  loader::PreloadStatus status({args.source, to ? "to" : "mount", dest, !args.ready_url.empty()});
   std::unique_ptr<ProbeServer> probe;
   if (args.probe_port >= 0) {
     auto p = ProbeServer::Start(args.probe_host, args.probe_port, [&status] {
@@ -313,29 +375,67 @@ int RunPreload(const PreloadArgs& args) {
     printer.Stop();
     return ReportError(e);
   };
-
-  auto session = OpenRemote(*source, args.remote);
-  if (!session.ok()) return fail(session.error());
-  loader::PrefetchOptions o;
-  if (auto st = o.ApplyEnv(Env::FromProcess()); !st.ok()) return fail(st.error());
-  o.include = args.include;
-  o.exclude = args.exclude;
-  if (args.fsync) o.fsync = true;
-  o.progress = [](std::uint64_t, std::uint64_t) { return !CancelRequested(); };
-  o.cancelled = [] { return CancelRequested(); };
-  o.on_lock_wait = [](const std::string& path) {
-    std::fprintf(stderr, "coldstart: waiting for another process writing %s\n", path.c_str());
-  };
-  auto r = loader::PreloadTo(**session, dest, o, status);
-  if (CancelRequested()) {
+  auto cancelled = [&](std::string_view detail) {
     status.ModelFailed(MakeError(Errc::kCancelled, "cancelled"));
     printer.Stop();
-    return ReportCancelled(r.ok() ? "the model had arrived; CMD was not started" : r.error().message);
+    return ReportCancelled(detail);
+  };
+
+  // --to: the whole model, verified, before CMD. --mount: the mount, then CMD at once while
+  // read-ahead fills the cache.
+  std::unique_ptr<cache::Mount> mount;
+  if (to) {
+    auto session = fetch::RemoteSession::Open(*source, *remote, env);
+    if (!session.ok()) return fail(session.error());
+    loader::PrefetchOptions o;
+    if (auto st = o.ApplyEnv(env); !st.ok()) return fail(st.error());
+    o.include = args.include;
+    o.exclude = args.exclude;
+    if (args.fsync) o.fsync = true;
+    o.progress = [](std::uint64_t, std::uint64_t) { return !CancelRequested(); };
+    o.cancelled = [] { return CancelRequested(); };
+    o.on_lock_wait = [](const std::string& path) {
+      std::fprintf(stderr, "coldstart: waiting for another process writing %s\n", path.c_str());
+    };
+    auto r = loader::PreloadTo(**session, dest, o, status);
+    if (CancelRequested()) return cancelled(r.ok() ? "the model had arrived; CMD was not started" : r.error().message);
+    if (!r.ok()) return fail(r.error());
+  } else {
+    auto copts = MakeCacheOptions(args.cache_dir, "", env);
+    if (!copts.ok()) return fail(copts.error());
+    auto disk = cache::DiskCache::Open(*copts);
+    if (!disk.ok()) return fail(disk.error());
+    auto src = loader::OpenMountSource(args.source, *remote, env, disk->get(), [](const std::string& w) {
+      std::fprintf(stderr, "coldstart: warning: %s\n", w.c_str());
+    });
+    if (!src.ok()) return fail(src.error());
+    if (!src->offline) {
+      if (auto st = (*disk)->SaveListing(args.source, src->listing_json); !st.ok())
+        std::fprintf(stderr, "coldstart: warning: cannot record the listing in the cache: %s\n", st.error().ToString().c_str());
+    }
+    std::filesystem::create_directories(dest, ec);  // an image need not ship the mount point
+    if (CancelRequested()) return cancelled("before mounting; CMD was not started");
+    cache::MountOptions mo;
+    mo.mountpoint = dest;
+    mo.read_ahead = cache::ReadAhead::kAll;
+    mo.fs_name = "coldstart:" + args.source;
+    mo.log = [](const std::string& line) {
+      std::string l = line;
+      for (char& c : l)
+        if (c == '\n' || c == '\r') c = ' ';
+      std::fprintf(stderr, "coldstart: %s\n", l.c_str());
+    };
+    auto m = cache::Mount::Start(std::move(src->files), *disk, src->origin, mo);
+    if (!m.ok()) return fail(m.error());
+    mount = std::move(m).value();
+    if (CancelRequested()) return cancelled("after mounting; CMD was not started");
   }
-  if (!r.ok()) return fail(r.error());
+  std::optional<MountWatcher> watcher;
+  if (mount) watcher.emplace(*mount, status);
 
   auto pid = Spawn(args.cmd, dest, inherited);
   if (!pid.ok()) {
+    watcher.reset();
     printer.Stop();
     ReportError(pid.error());
     // As shells say it: 127 command not found, 126 found but not runnable.
@@ -352,8 +452,10 @@ int RunPreload(const PreloadArgs& args) {
   }
   const int code = ExitCodeOf(wait_status);
   poller.reset();
+  watcher.reset();
   status.ServerExited(code);
   printer.Stop();
+  mount.reset();  // unmounts, stops read-ahead
   return code;
 }
 

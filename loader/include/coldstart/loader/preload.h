@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 
+#include "coldstart/cache/mount.h"
 #include "coldstart/core/result.h"
 #include "coldstart/fetch/remote.h"
 #include "coldstart/loader/prefetch.h"
@@ -104,5 +105,10 @@ class PreloadStatus {
 // ready or failed when it returns. options.progress is still called (it can cancel).
 Result<PrefetchReport> PreloadTo(fetch::RemoteSession& session, const std::string& dest, PrefetchOptions options,
                                  PreloadStatus& status);
+
+// --mount: moves `status` along with a mount's read-ahead (call it every so often): bytes
+// cached of the total, then ready once read-ahead has every file, or failed when it gave up
+// on some (their names are in the mount's log lines).
+void UpdateFromMount(const cache::MountProgress& progress, PreloadStatus& status);
 
 }  // namespace coldstart::loader
