@@ -151,6 +151,33 @@ TEST(PreloadStatus, JsonHasEveryField) {
   EXPECT_EQ(j["bytes_done"], 400);
 }
 
+TEST(PreloadStatus, MountProgressMovesTheModelToReadyOrFailed) {
+  FakeClock c;
+  PreloadStatus s({"gs://b/m", "mount", "/mnt/m", false}, c.fn());
+  coldstart::cache::MountProgress p;
+  p.bytes_total = 1000;
+  p.bytes_cached = 250;
+  coldstart::loader::UpdateFromMount(p, s);
+  EXPECT_EQ(s.Snapshot().state, "fetching");
+  EXPECT_EQ(s.Snapshot().bytes_done, 250u);
+  p.bytes_cached = 1000;
+  coldstart::loader::UpdateFromMount(p, s);
+  EXPECT_FALSE(s.Ready()) << "every byte cached is not yet read-ahead done";
+  p.read_ahead_done = true;
+  coldstart::loader::UpdateFromMount(p, s);
+  EXPECT_TRUE(s.Ready());
+  EXPECT_EQ(s.Snapshot().state, "ready");
+
+  PreloadStatus f({"gs://b/m", "mount", "/mnt/m", false}, c.fn());
+  p.bytes_cached = 600;
+  p.read_ahead_failures = 2;
+  coldstart::loader::UpdateFromMount(p, f);
+  auto snap = f.Snapshot();
+  EXPECT_EQ(snap.state, "failed");
+  EXPECT_NE(snap.error.find("read-ahead failed for 2"), std::string::npos) << snap.error;
+  EXPECT_FALSE(f.Ready());
+}
+
 // ---- PreloadTo: Prefetch with the state machine, through the fake server ----
 
 class PreloadToTest : public ::testing::Test {
