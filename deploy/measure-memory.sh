@@ -6,6 +6,7 @@
 # how much the machine's shared memory (tmpfs: /dev/shm, and Cloud Run's whole disk) and page
 # cache grew.
 #   deploy/measure-memory.sh [SIZE] [MODE...]   MODE: to-shm to-disk mount-shm mount-disk
+#   MOUNT_READ=0 deploy/measure-memory.sh 1GiB mount-shm   the cache alone, no read through FUSE
 # Run it on a quiet machine: the deltas are machine-wide (/proc/meminfo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ shm="$(mktemp -d /dev/shm/coldstart-mem-XXXXXX)"
 server=""
 cleanup() {
   [[ -n "$server" ]] && kill "$server" 2>/dev/null
-  for m in "$work"/mnt-* "$shm"/mnt-*; do [[ -d "$m" ]] && fusermount3 -u "$m" 2>/dev/null; done
+  [[ -d "$work/mnt-m" ]] && fusermount3 -u "$work/mnt-m" 2>/dev/null || true
   rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
@@ -33,9 +34,16 @@ export STORAGE_EMULATOR_HOST="$(grep -o 'http://[0-9.:]*' "$work/gcs.log" | head
 export COLDSTART_METADATA=off
 
 # CMD: read the model as a server would, then report.
+# With --mount it first waits until read-ahead has put the whole model in the cache (the probe
+# says 200);
+# MOUNT_READ=0 skips the read through the mount (the cache's cost alone).
 cat >"$work/reader.sh" <<'SH'
 #!/bin/sh
-cat "$COLDSTART_MODEL_DIR"/*.safetensors >/dev/null
+if [ -n "$PROBE_LOG" ]; then
+  port=$(sed -n 's|^coldstart: probe listening on http://127.0.0.1:\([0-9]*\)/$|\1|p' "$PROBE_LOG")
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 200 ]; do sleep 0.1; done
+fi
+[ "$READ" = 0 ] || cat "$COLDSTART_MODEL_DIR"/*.safetensors >/dev/null
 awk '/^VmHWM/{print "preload_peak_rss_kib", $2}' /proc/$PPID/status
 awk '/^Shmem:/{print "shmem_kib", $2} /^Cached:/{print "cached_kib", $2}' /proc/meminfo
 SH
@@ -46,18 +54,20 @@ mib() { echo $(( $1 / 1024 )); }
 
 # shmem: tmpfs pages (never reclaimed while the files exist); page cache: file pages of real
 # disks and of the FUSE mount (reclaimable), i.e. Cached minus Shmem.
+printf 'mount modes read through FUSE: %s\n' "$([ "${MOUNT_READ:-1}" = 0 ] && echo no || echo yes)"
 printf '%-11s %10s %17s %11s %16s %8s\n' mode model_MiB preload_peak_MiB shmem_+MiB page_cache_+MiB seconds
 for mode in "${modes[@]}"; do
+  export READ=1 PROBE_LOG=
   case "$mode" in
     to-shm) args=(--to "$shm/model") ;;
     to-disk) args=(--to "$work/model") ;;
-    mount-shm) mkdir -p "$shm/mnt-m"; args=(--mount "$shm/mnt-m" --cache-dir "$shm/cache") ;;
-    mount-disk) mkdir -p "$work/mnt-m"; args=(--mount "$work/mnt-m" --cache-dir "$work/cache") ;;
+    mount-shm) args=(--mount "$work/mnt-m" --cache-dir "$shm/cache"); PROBE_LOG="$work/err" READ="${MOUNT_READ:-1}" ;;
+    mount-disk) args=(--mount "$work/mnt-m" --cache-dir "$work/cache"); PROBE_LOG="$work/err" READ="${MOUNT_READ:-1}" ;;
     *) echo "unknown mode $mode" >&2; exit 2 ;;
   esac
   shmem0=$(meminfo Shmem); cached0=$(meminfo Cached)
   t0=$(date +%s.%N)
-  out=$("$bin/coldstart" preload gs://bkt/m "${args[@]}" --progress off -- "$work/reader.sh")
+  out=$(timeout 300 "$bin/coldstart" preload gs://bkt/m "${args[@]}" --progress off --probe-port 0 --probe-host 127.0.0.1 -- "$work/reader.sh" 2>"$work/err")
   t1=$(date +%s.%N)
   peak=$(awk '$1 == "preload_peak_rss_kib" {print $2}' <<<"$out")
   shmem1=$(awk '$1 == "shmem_kib" {print $2}' <<<"$out")
