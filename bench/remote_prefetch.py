@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,55 +26,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import run_rusage  # noqa: E402
+from benchlib import run_rusage, start_nginx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CS = os.path.join(ROOT, "build", "coldstart")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_nginx(workdir, docroot, cap):
-    conf = os.path.join(workdir, "nginx.conf")
-    ports = {"capped": free_port(), "uncapped": free_port()}
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 2;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-  client_body_temp_path {workdir}/tmp;
-  proxy_temp_path {workdir}/tmp;
-  fastcgi_temp_path {workdir}/tmp;
-  uwsgi_temp_path {workdir}/tmp;
-  scgi_temp_path {workdir}/tmp;
-  types {{ application/octet-stream safetensors; application/json json; }}
-  server {{ listen 127.0.0.1:{ports['capped']}; root {docroot}; autoindex on; limit_rate {cap}; }}
-  server {{ listen 127.0.0.1:{ports['uncapped']}; root {docroot}; autoindex on; }}
-}}
-""")
-    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    p = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", ports["capped"]), timeout=0.1).close()
-            return p, ports
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    sys.exit("nginx did not start: " + p.stderr.read().decode())
 
 
 def main():
@@ -101,7 +55,7 @@ def main():
     files = sorted(f for f in os.listdir(model) if not f.startswith("."))
     total = sum(os.path.getsize(os.path.join(model, f)) for f in files)
     work = tempfile.mkdtemp(prefix="nginx-", dir=a.dir)
-    ngx, ports = start_nginx(work, docroot, a.cap)
+    ngx, ports = start_nginx(work, docroot, {"capped": a.cap, "uncapped": None})
     base = {k: f"http://127.0.0.1:{p}/model-{a.size}/" for k, p in ports.items()}
     dest_root = os.path.join(a.dir, "dest")
     urls_file = os.path.join(work, "urls.txt")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ThreadSanitizer run of the concurrency-heavy suites (CTest label tsan): the local reader
-# (io_uring and pread threads), the HTTP client, the ranged-read engine against the fake server
-# and the device pipeline (staging ring, sim copy engine). Its own tree, build-tsan/ (GCC,
-# -fsanitize=thread, no libtorch or CUDA), building only those four suites. Run by tools/test.sh.
+# (io_uring and pread threads), the HTTP client, the ranged-read engine against the fake server,
+# the device pipeline (staging ring, sim copy engine) and the disk cache (claims, locks,
+# eviction). Its own tree, build-tsan/ (GCC, -fsanitize=thread, no libtorch or CUDA), building
+# only those suites. Run by tools/test.sh.
 # Suppressions (third-party frames only): tests/tsan.supp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
   -DCOLDSTART_WITH_TORCH=OFF -DCOLDSTART_WITH_CUDA=OFF -DCOLDSTART_SANITIZE_TESTS=OFF)
 if command -v ccache >/dev/null; then args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 cmake -S . -B "$tree" "${args[@]}" >/dev/null
-ninja -C "$tree" -j"$jobs" fetch_test fetch_net_test remote_test device_loader_test | grep -v '^\[' || true
+ninja -C "$tree" -j"$jobs" fetch_test fetch_net_test remote_test device_loader_test cache_test | grep -v '^\[' || true
 test "${PIPESTATUS[0]}" -eq 0
 cd "$tree"
 ctest -L tsan -j"$jobs" --output-on-failure --timeout 300

@@ -55,7 +55,8 @@ constexpr std::array kVars = {
                "gcloud's config folder; its application_default_credentials.json (from `gcloud "
                "auth application-default login`) is tried after GOOGLE_APPLICATION_CREDENTIALS."},
     EnvVarInfo{"HOME", "(from the login)",
-               "Only used to find gcloud's config folder when CLOUDSDK_CONFIG is unset."},
+               "Used to find gcloud's config folder when CLOUDSDK_CONFIG is unset, and the disk "
+               "cache's default folder (~/.cache/coldstart) when XDG_CACHE_HOME is unset."},
     EnvVarInfo{"GCE_METADATA_HOST", "metadata.google.internal",
                "host[:port] of the GCE/GKE metadata server, the last credentials source before "
                "anonymous (also how tests point it at a local fake)."},

@@ -404,8 +404,9 @@ Result<MountSource> OpenMountSource(const std::string& source, const fetch::Remo
       session.ok() ? (*session)->List() : Result<std::vector<fetch::RemoteFile>>(session.error());
   if (!listed.ok()) {
     const Errc code = listed.error().code;
+    // The network error, with why the cache cannot stand in when it cannot.
     if (cache != nullptr && (code == Errc::kNetwork || code == Errc::kTimeout))
-      if (auto offline = OfflineSource(source, *cache, listed.error(), warn); offline.ok()) return offline;
+      return OfflineSource(source, *cache, listed.error(), warn);
     return std::move(listed).error();
   }
   MountSource out;

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -149,7 +151,16 @@ TEST(DiskCache, AKeyFileOfAnotherObjectIsNeverServed) {
   EXPECT_EQ(v->corrupt_entries, 1u);
   auto again = cache->OpenEntry(key);
   ASSERT_TRUE(again.ok()) << again.error().ToString();
-  EXPECT_EQ((*again)->present_bytes(), 0u);
+  EXPECT_EQ((*again)->present_bytes(), 0u);  // A damaged entry (its data file gone) is a kFormat error naming it, never "not found".
+  again->reset();
+  std::filesystem::remove(EntryDir(d.path(), key) + "/data");
+  auto damaged = cache->FindEntry(key);
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_EQ(damaged.error().code, Errc::kFormat) << damaged.error().ToString();
+  EXPECT_NE(damaged.error().message.find("no data file"), std::string::npos);
+  auto ev = cache->EvictToFit(1ull << 40);
+  ASSERT_TRUE(ev.ok());
+  EXPECT_EQ(ev->entries_removed, 1u) << "unusable entries are evicted whatever the cap";
 }
 
 TEST(DiskCache, FillThenReadBackAcrossOpens) {
@@ -330,6 +341,91 @@ TEST(DiskCache, AFailedDataWriteLeavesTheChunkAbsent) {
   EXPECT_EQ(st.st_blocks, 0) << "nothing of the failed write stays allocated";
 }
 
+// A full disk: the fill that does not fit is kResourceExhausted naming the object, its chunk
+// stays absent, and what was filled before still reads back. A 256 KiB tmpfs in a private mount
+// namespace (a child process; skipped where mounting is not allowed).
+TEST(DiskCache, AFullDiskIsResourceExhaustedAndLeavesTheChunkAbsent) {
+  TempDir d;
+  const std::string mnt = d / "small";
+  std::filesystem::create_directories(mnt);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=256k") != 0)
+      ::_exit(77);
+    auto cache = DiskCache::Open(DiskCacheOptions{mnt, 0, kChunk});
+    if (!cache.ok()) ::_exit(2);
+    auto e = (*cache)->OpenEntry(Key("huge.safetensors", 256 * kChunk));  // 1 MiB > 256 KiB
+    if (!e.ok()) ::_exit(3);
+    std::size_t c = 0;
+    Status st;
+    for (; c < (*e)->chunk_count(); ++c) {
+      ChunkClaim claim;
+      if (!(*e)->Claim(c, &claim).ok() || !claim.held()) ::_exit(4);
+      auto bytes = Pattern(2, c, kChunk);
+      st = (*e)->Fill(std::move(claim), bytes.data(), Crc32c(bytes.data(), bytes.size()));
+      if (!st.ok()) break;
+    }
+    if (st.ok() || c == 0) ::_exit(5);
+    if (st.error().code != Errc::kResourceExhausted || st.error().message.find("huge.safetensors") == std::string::npos)
+      ::_exit(6);
+    if ((*e)->Present(c)) ::_exit(7);
+    for (std::size_t k = 0; k < c; ++k) {
+      std::vector<std::byte> got(kChunk);
+      if (!(*e)->ReadChunk(k, got.data()).ok() || got != Pattern(2, k, kChunk)) ::_exit(8);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs in a private mount namespace here";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// Threads of one process, some on one DiskCache and some on another (separate open files, as two
+// libraries in one process would have): each chunk is filled exactly once.
+TEST(DiskCache, ThreadsFillingOneEntryFillEachChunkOnce) {
+  TempDir d;
+  constexpr std::size_t kChunks = 64;
+  const auto key = Key("threads", kChunks * kChunk);
+  auto first = OpenCache(d.path());
+  auto second = OpenCache(d.path());
+  std::vector<std::atomic<int>> fills(kChunks);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      auto e = (t < 4 ? first : second)->OpenEntry(key);
+      if (!e.ok()) return void(++failures);
+      std::vector<std::size_t> order(kChunks);
+      for (std::size_t i = 0; i < kChunks; ++i) order[i] = i;
+      std::shuffle(order.begin(), order.end(), std::mt19937(static_cast<unsigned>(t)));
+      for (std::size_t c : order) {
+        for (;;) {
+          ChunkClaim claim;
+          auto st = (*e)->Claim(c, &claim);
+          if (!st.ok()) return void(++failures);
+          if (*st == ClaimState::kPresent) break;
+          if (*st == ClaimState::kBusy) {
+            if (!(*e)->WaitChunk(c, {}, 10s).ok()) return void(++failures);
+            continue;
+          }
+          ++fills[c];
+          auto bytes = Pattern(8, c, kChunk);
+          if (!(*e)->Fill(std::move(claim), bytes.data(), Crc32c(bytes.data(), bytes.size())).ok()) ++failures;
+          break;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (std::size_t c = 0; c < kChunks; ++c) EXPECT_EQ(fills[c].load(), 1) << "chunk " << c;
+  ExpectReadsBack(*MustOpen(*first, key), 8);
+}
+
 // kill -9 at seeded random moments while a child fills chunks: every chunk that reads as
 // present afterwards has exactly its bytes; the locks the child held are free.
 TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
@@ -341,10 +437,13 @@ TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
   for (int iter = 0; iter < 40; ++iter) {
     const auto key = Key("kill-" + std::to_string(iter), kChunks * chunk - 333);
     const bool fsync = iter % 4 == 0;
-    const auto delay = std::chrono::microseconds(rng() % 4000);
+    const auto delay = std::chrono::microseconds(rng() % 3000);
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
     pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
+      ::close(ready[0]);
       DiskCacheOptions o;
       o.dir = d.path();
       o.chunk_bytes = chunk;
@@ -356,6 +455,9 @@ TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
       std::vector<std::size_t> order(kChunks);
       for (std::size_t i = 0; i < kChunks; ++i) order[i] = i;
       std::shuffle(order.begin(), order.end(), std::mt19937(static_cast<unsigned>(iter)));
+      // The clock starts when the child is about to fill, not when fork returns (which on a
+      // busy machine may be later than any delay).
+      if (::write(ready[1], "r", 1) != 1) ::_exit(6);
       for (std::size_t c : order) {
         ChunkClaim claim;
         auto st = (*e)->Claim(c, &claim);
@@ -366,6 +468,13 @@ TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
       }
       ::_exit(0);
     }
+    ::close(ready[1]);
+    // Every fifth kill counts from the fork, so some land while the cache and entry are made.
+    char r;
+    if (iter % 5 != 4) {
+      ASSERT_EQ(::read(ready[0], &r, 1), 1);
+    }
+    ::close(ready[0]);
     std::this_thread::sleep_for(delay);
     ::kill(pid, SIGKILL);
     int status = 0;
@@ -390,7 +499,7 @@ TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
     ASSERT_TRUE(cache->Clear().ok());
   }
   // The delays are meant to land mid-fill; if none did, the test proved nothing.
-  EXPECT_GE(partial, 3) << "kills that landed mid-fill";
+  EXPECT_GE(partial, 10) << "kills that landed mid-fill";
   std::printf("kill -9 landed mid-fill in %d of 40 iterations\n", partial);
 }
 
@@ -532,6 +641,26 @@ TEST(DiskCache, EvictionIsLeastRecentlyUsedFirstAndSkipsEntriesInUse) {
   EXPECT_TRUE(cache->FindEntry(keys[3]).ok()) << "d: most recent, kept";
   ExpectReadsBack(*b, 1);
   EXPECT_EQ(cache->UsedBytes(), 8 * kChunk);
+}
+
+// What a crash leaves (an entry half removed, a temporary being built) is swept by the next
+// eviction; a temporary younger than a minute may be someone's entry in the making and stays.
+TEST(DiskCache, EvictionSweepsWhatACrashLeft) {
+  TempDir d;
+  auto cache = OpenCache(d.path());
+  const std::string xx = d / "entries/ab";
+  coldstart::testing::WriteFile(xx + "/.evicted-abcd-1/data", "x");
+  coldstart::testing::WriteFile(xx + "/.tmp-abcd-old/key", "x");
+  coldstart::testing::WriteFile(xx + "/.tmp-abcd-new/key", "x");
+  struct timespec old[2] = {{1'700'000'000, 0}, {1'700'000'000, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, (xx + "/.tmp-abcd-old").c_str(), old, 0), 0);
+  auto list = cache->List();
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty()) << "temporaries are not entries";
+  ASSERT_TRUE(cache->EvictToFit(1ull << 40).ok());
+  EXPECT_FALSE(std::filesystem::exists(xx + "/.evicted-abcd-1"));
+  EXPECT_FALSE(std::filesystem::exists(xx + "/.tmp-abcd-old"));
+  EXPECT_TRUE(std::filesystem::exists(xx + "/.tmp-abcd-new"));
 }
 
 TEST(DiskCache, TheCapIsEnforcedAfterFillsButNeverOnAnEntryInUse) {

@@ -62,9 +62,10 @@ TEST(Env, TypedGettersNameTheVariable) {
 
 TEST(Env, EveryKnownVariableIsDocumented) {
   for (const auto& v : KnownEnvVars()) {
-    // Ours, or the standard Google variables we honour.
+    // Ours, or the standard Google (and XDG) variables we honour.
     bool google = v.name == "STORAGE_EMULATOR_HOST" || v.name == "GOOGLE_APPLICATION_CREDENTIALS" ||
-                  v.name == "GCE_METADATA_HOST" || v.name == "CLOUDSDK_CONFIG" || v.name == "HOME";
+                  v.name == "GCE_METADATA_HOST" || v.name == "CLOUDSDK_CONFIG" || v.name == "HOME" ||
+                  v.name == "XDG_CACHE_HOME";  // the disk cache's default folder
     EXPECT_TRUE(v.name.substr(0, 10) == "COLDSTART_" || google) << v.name;
     EXPECT_FALSE(v.doc.empty()) << v.name;
 

@@ -556,3 +556,136 @@ TEST_F(CliSlow, ConcurrentPrefetchesIntoOneFolderNeverShareAFile) {
 }
 
 }  // namespace
+
+// ---- `coldstart cache`, over a cache filled through the library ----
+
+#include <fcntl.h>
+
+#include "coldstart/cache/disk_cache.h"
+#include "coldstart/core/crc32c.h"
+
+namespace {
+
+using coldstart::cache::ChunkClaim;
+using coldstart::cache::ClaimState;
+using coldstart::cache::DiskCache;
+using coldstart::cache::DiskCacheOptions;
+using coldstart::cache::ObjectKey;
+
+// Fills chunks [0, n) of `key` (n = all when -1) with bytes derived from the chunk index.
+void FillChunks(DiskCache& cache, const ObjectKey& key, int n = -1) {
+  auto e = cache.OpenEntry(key);
+  ASSERT_TRUE(e.ok()) << e.error().ToString();
+  for (std::size_t c = 0; c < (*e)->chunk_count() && (n < 0 || static_cast<int>(c) < n); ++c) {
+    ChunkClaim claim;
+    ASSERT_EQ(*(*e)->Claim(c, &claim), ClaimState::kClaimed);
+    std::vector<std::byte> b((*e)->ChunkLength(c), static_cast<std::byte>(c + 1));
+    ASSERT_TRUE((*e)->Fill(std::move(claim), b.data(), coldstart::Crc32c(b.data(), b.size())).ok());
+  }
+}
+
+TEST(Cli, CacheLsVerifyEvictClear) {
+  TempDir d;
+  const std::string dir = d / "cache";
+  auto missing = Exec("cache ls --cache-dir " + dir);
+  EXPECT_EQ(missing.code, 3) << missing.err;
+  EXPECT_EQ(Lines(missing.err), 1) << missing.err;
+  EXPECT_FALSE(std::filesystem::exists(dir)) << "looking never creates a cache";
+
+  DiskCacheOptions o;
+  o.dir = dir;
+  o.chunk_bytes = 4096;
+  auto cache = DiskCache::Open(o);
+  ASSERT_TRUE(cache.ok()) << cache.error().ToString();
+  const ObjectKey a{"gs://bkt@http://127.0.0.1:1", "m/model-a.safetensors", "11", 3 * 4096};
+  const ObjectKey b{"gs://bkt@http://127.0.0.1:1", "m/model-b.safetensors", "12", 2 * 4096};
+  const ObjectKey held{"https://example.test", "/m/model.safetensors", "\"etag\"", 4096};
+  FillChunks(**cache, a);
+  FillChunks(**cache, b, 1);
+  auto held_entry = (*cache)->OpenEntry(held);  // open here: in use while the CLI runs
+  ASSERT_TRUE(held_entry.ok());
+  FillChunks(**cache, held);
+  struct timespec old[2] = {{1'700'000'000, 0}, {1'700'000'000, 0}};
+  auto entries = (*cache)->List();
+  ASSERT_TRUE(entries.ok());
+  for (const auto& e : *entries) ASSERT_EQ(::utimensat(AT_FDCWD, (e.path + "/use").c_str(), old, 0), 0);
+
+  auto ls = Exec("cache ls --json --cache-dir " + dir);
+  ASSERT_EQ(ls.code, 0) << ls.err;
+  auto j = nlohmann::json::parse(ls.out);
+  EXPECT_EQ(j["dir"], dir);
+  EXPECT_EQ(j["chunk_bytes"], 4096);
+  EXPECT_EQ(j["total_bytes"], 5 * 4096);
+  ASSERT_EQ(j["entries"].size(), 3u);
+  std::map<std::string, nlohmann::json> by_name;
+  for (const auto& e : j["entries"]) by_name[e["name"]] = e;
+  EXPECT_EQ(by_name["m/model-a.safetensors"]["present_bytes"], 3 * 4096);
+  EXPECT_EQ(by_name["m/model-a.safetensors"]["complete"], true);
+  EXPECT_EQ(by_name["m/model-a.safetensors"]["version"], "11");
+  EXPECT_EQ(by_name["m/model-b.safetensors"]["present_bytes"], 4096);
+  EXPECT_EQ(by_name["m/model-b.safetensors"]["complete"], false);
+  EXPECT_EQ(by_name["/m/model.safetensors"]["in_use"], true);
+  EXPECT_EQ(by_name["m/model-a.safetensors"]["in_use"], false);
+  EXPECT_EQ(by_name["m/model-a.safetensors"]["last_used_unix"], 1'700'000'000);
+
+  // COLDSTART_CACHE_DIR names the folder too; one line per entry plus the total.
+  auto human = Exec("cache ls", "COLDSTART_CACHE_DIR=" + dir);
+  ASSERT_EQ(human.code, 0) << human.err;
+  EXPECT_EQ(Lines(human.out), 4) << human.out;
+  EXPECT_NE(human.out.find("m/model-b.safetensors  version 12  4.00 KiB/8.00 KiB (50%)  last use 2023-11-14"),
+            std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("/m/model.safetensors  version \"etag\"  4.00 KiB/4.00 KiB (100%)"), std::string::npos);
+  EXPECT_NE(human.out.find("in use\n"), std::string::npos);
+  EXPECT_NE(human.out.find("3 entries, 20.00 KiB cached in " + dir), std::string::npos) << human.out;
+  // The XDG default when nothing names the folder.
+  auto xdg = Exec("cache ls", "XDG_CACHE_HOME=" + (d / "xdg"));
+  EXPECT_EQ(xdg.code, 3);
+  EXPECT_NE(xdg.err.find(d / "xdg/coldstart"), std::string::npos) << xdg.err;
+
+  // A flipped byte on disk: verify finds it, clears it, says so, exit 5; then all is well.
+  {
+    auto e = (*cache)->FindEntry(a);
+    ASSERT_TRUE(e.ok());
+    std::FILE* f = std::fopen((*e)->data_path().c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    std::fseek(f, 4096 + 7, SEEK_SET);
+    std::fputc(0x55, f);
+    std::fclose(f);
+  }
+  auto v = Exec("cache verify --cache-dir " + dir);
+  EXPECT_EQ(v.code, 5) << v.err;
+  EXPECT_EQ(Lines(v.err), 1) << v.err;
+  EXPECT_NE(v.out.find("model-a.safetensors (chunk 1)"), std::string::npos) << v.out;
+  auto v2 = Exec("cache verify --json --cache-dir " + dir);
+  ASSERT_EQ(v2.code, 0) << v2.err;
+  auto vj = nlohmann::json::parse(v2.out);
+  EXPECT_EQ(vj["entries"], 3);
+  EXPECT_EQ(vj["chunks_checked"], 4);  // a: 2 of 3 left, b: 1, held: 1
+  EXPECT_EQ(vj["corrupt_chunks"], 0);
+
+  // evict needs a size; least recently used first, never the entry in use.
+  auto nocap = Exec("cache evict --cache-dir " + dir);
+  EXPECT_EQ(nocap.code, 2);
+  EXPECT_EQ(Lines(nocap.err), 1);
+  EXPECT_EQ(Exec("cache evict --max-bytes lots --cache-dir " + dir).code, 2);
+  EXPECT_EQ(Exec("cache bogus").code, 2);
+  auto ev = Exec("cache evict --json --cache-dir " + dir, "COLDSTART_CACHE_MAX_BYTES=8KiB");
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  auto ej = nlohmann::json::parse(ev.out);
+  EXPECT_EQ(ej["max_bytes"], 8192);
+  EXPECT_LE(ej["used_bytes"].get<std::uint64_t>(), 8192u);
+  EXPECT_GE(ej["entries_removed"].get<int>(), 1);
+  EXPECT_TRUE((*cache)->FindEntry(held).ok());
+
+  auto cl = Exec("cache clear --cache-dir " + dir);
+  ASSERT_EQ(cl.code, 0) << cl.err;
+  EXPECT_NE(cl.out.find("1 in use kept"), std::string::npos) << cl.out;
+  auto after = Exec("cache ls --json --cache-dir " + dir);
+  ASSERT_EQ(after.code, 0);
+  auto aj = nlohmann::json::parse(after.out);
+  ASSERT_EQ(aj["entries"].size(), 1u);
+  EXPECT_EQ(aj["entries"][0]["name"], "/m/model.safetensors");
+  EXPECT_NE(Exec("env").out.find("COLDSTART_CACHE_DIR"), std::string::npos);
+}
+
+}  // namespace

@@ -452,8 +452,7 @@ TEST_F(PreloadMount, CmdStartsOnTheMountAtOnceAndTheProbeWaitsForReadAhead) {
 
   // Second start: the cache has every byte, so nothing comes from the server.
   server_->ResetStats();
-  std::filesystem::remove_all(tmp_ / "stop");
-  std::filesystem::remove_all(tmp_ / "seen");
+  for (const char* f : {"stop", "seen", "started", "launched"}) std::filesystem::remove_all(tmp_ / f);
   Preload again("gs://bkt/m --mount " + mnt + " --cache-dir " + cache +
                     " --probe-port 0 --probe-host 127.0.0.1 --progress off " + Cmd(),
                 env_);

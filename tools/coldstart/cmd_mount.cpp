@@ -42,8 +42,13 @@ int RunMount(const MountArgs& args) {
       if (c == '\n' || c == '\r') c = ' ';
     std::fprintf(stderr, "coldstart: %s\n", l.c_str());
   };
-  auto copts = MakeCacheOptions(args.cache_dir, args.cache_max_bytes, env);
+  auto copts = MakeDiskCacheOptions(args.cache_dir);
   if (!copts.ok()) return ReportError(copts.error());
+  if (!args.cache_max_bytes.empty()) {
+    auto b = ParseBytes(args.cache_max_bytes);
+    if (!b.ok()) return ReportError(std::move(b).error().WithContext("--cache-max-bytes"));
+    copts->max_bytes = *b;
+  }
   auto remote = MakeRemoteOptions(args.remote);
   if (!remote.ok()) return ReportError(remote.error());
   auto disk = cache::DiskCache::Open(*copts);

@@ -101,8 +101,17 @@ struct AuthArgs {
   RemoteFlags remote;
 };
 
+// `coldstart cache ls|verify|evict|clear`.
+struct CacheArgs {
+  std::string action;     // ls | verify | evict | clear
+  std::string cache_dir;  // --cache-dir ("" = COLDSTART_CACHE_DIR, else the XDG default)
+  std::string max_bytes;  // evict --max-bytes (size text; "" = COLDSTART_CACHE_MAX_BYTES)
+  bool json = false;
+};
+
 int RunPrefetch(const PrefetchArgs& args);
 int RunPreload(const PreloadArgs& args);
+int RunCache(const CacheArgs& args);
 int RunAuth(const AuthArgs& args);
 int RunMount(const MountArgs& args);
 int RunInspect(const InspectArgs& args);

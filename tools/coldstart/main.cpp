@@ -146,6 +146,23 @@ int main(int argc, char** argv) {
   cs->add_option("--seed", synth.seed, "Seed for the weights")->capture_default_str();
   cs->add_flag("--json", synth.json, "Print a JSON summary");
 
+  CacheArgs cache_args;
+  auto* cc = app.add_subcommand("cache", "Look at and maintain the disk cache: ls, verify, evict, clear");
+  cc->require_subcommand(1);
+  std::vector<CLI::App*> cache_actions;
+  for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
+           {"ls", "One line per cached object (origin, name, version, cached/size, last use, in use) and a total"},
+           {"verify", "Read every cached chunk back and check its CRC32C; corrupt ones are cleared (exit 5)"},
+           {"evict", "Remove least recently used objects not in use until the cache fits --max-bytes"},
+           {"clear", "Remove every object not in use, and the saved listings"}}) {
+    auto* a = cc->add_subcommand(name, what);
+    a->add_option("--cache-dir", cache_args.cache_dir, "Cache folder (env COLDSTART_CACHE_DIR; default $XDG_CACHE_HOME/coldstart or ~/.cache/coldstart)");
+    a->add_flag("--json", cache_args.json, "Print JSON");
+    if (name == "evict")
+      a->add_option("--max-bytes", cache_args.max_bytes, "Size to evict down to, e.g. 20GiB (default COLDSTART_CACHE_MAX_BYTES)");
+    cache_actions.push_back(a);
+  }
+
   auto* ce = app.add_subcommand("env", "List the COLDSTART_* environment variables, their defaults and values");
 
   // CLI11 reads an unknown first word as a stray positional and says "A subcommand is required".
@@ -161,6 +178,14 @@ int main(int argc, char** argv) {
         hint = "did you mean '" + hint + "'?";
       }
       std::fprintf(stderr, "coldstart: error: unknown subcommand '%s' (%s)\n", argv[1], hint.c_str());
+      return 2;
+    }
+  }
+  // The same for `cache ACTION`.
+  if (argc > 2 && std::string(argv[1]) == "cache" && argv[2][0] != '-') {
+    const std::string action = argv[2];
+    if (std::none_of(cache_actions.begin(), cache_actions.end(), [&](CLI::App* a) { return a->get_name() == action; })) {
+      std::fprintf(stderr, "coldstart: error: unknown cache action '%s' (one of ls, verify, evict, clear)\n", argv[2]);
       return 2;
     }
   }
@@ -184,5 +209,10 @@ int main(int argc, char** argv) {
   if (cpl->parsed()) return RunPreload(preload);
   if (ca->parsed()) return RunAuth(auth);
   if (cm->parsed()) return RunMount(mount);
+  for (auto* a : cache_actions)
+    if (a->parsed()) {
+      cache_args.action = a->get_name();
+      return RunCache(cache_args);
+    }
   return 2;
 }

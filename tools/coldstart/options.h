@@ -18,5 +18,8 @@ Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& so
 Result<cache::DiskCacheOptions> MakeCacheOptions(const std::string& dir, const std::string& max_bytes, const Env& env);
 // Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
 Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags);
+// The disk cache's options: defaults, COLDSTART_CACHE_*, then --cache-dir; with neither,
+// $XDG_CACHE_HOME/coldstart or ~/.cache/coldstart (cmd_cache.cpp).
+Result<cache::DiskCacheOptions> MakeDiskCacheOptions(const std::string& cache_dir);
 
 }  // namespace coldstart::cli

@@ -16,6 +16,10 @@
 //              LOCK_EX|LOCK_NB, so an object in use is never evicted. Its mtime is the last use
 //              (least-recently-used eviction).
 //   DIR/listings/<sha256(source)>.json  the listing a source was last filled from (offline use)
+//   DIR/evict.lock                      flock(LOCK_EX) by whoever evicts: one evicter at a time
+//   DIR/entries/XX/.tmp-*, .evicted-*   an entry being built (renamed into place whole) or being
+//                                       removed (renamed away first); leftovers of a crash are
+//                                       swept by the next eviction
 //
 // Single flight: filling chunk c takes an in-process claim and an OFD byte-range lock on slot c
 // of `map` (fcntl F_OFD_SETLK; released by the kernel when a process dies). Everyone else sees
@@ -152,7 +156,9 @@ class CacheEntry {
   virtual Status WaitChunk(std::size_t c, const std::function<bool()>& cancelled = {},
                            std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) = 0;
   // Writes the chunk's bytes (ChunkLength(c), given as parts laid end to end) whose CRC32C is
-  // `crc32c`, then its slot; releases the claim. ENOSPC/EDQUOT: kResourceExhausted.
+  // `crc32c`, then its slot; releases the claim. ENOSPC/EDQUOT: kResourceExhausted. Bytes that
+  // do not have that CRC: kIntegrity (nothing written). With max_bytes set, it may evict other
+  // entries before returning (a scan: ~0.07 ms per entry).
   virtual Status Fill(ChunkClaim claim, const std::vector<std::pair<const std::byte*, std::size_t>>& parts,
                       std::uint32_t crc32c) = 0;
   Status Fill(ChunkClaim claim, const std::byte* data, std::uint32_t crc32c) {
