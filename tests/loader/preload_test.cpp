@@ -247,12 +247,7 @@ TEST_F(PreloadToTest, MissingSourceAndCorruptBytesFailTheModel) {
   EXPECT_EQ(missing.Snapshot().state, "failed");
   EXPECT_EQ(missing.Snapshot().error, r.error().ToString());
 
-  coldstart::fakegcs::FaultSpec f;
-  f.kind = coldstart::fakegcs::FaultSpec::Kind::kCorrupt;
-  f.after_bytes = 200000;
-  f.count = 0;
-  f.object_glob = "bkt/m/model-00001-of-00002.safetensors";
-  server_->AddFault(f);
+  server_->AddFault(*coldstart::fakegcs::ParseFaultSpec("kind=corrupt,after=200000,count=0,object=bkt/m/model-00001-of-00002.safetensors"));
   PreloadStatus corrupt({"gs://bkt/m", "to", out_ / "c", false});
   session = Open("gs://bkt/m");
   ASSERT_TRUE(session);

@@ -42,11 +42,6 @@ bool Exists(const std::string& p) { return std::filesystem::exists(p); }
 // EXIT_ON_SIGNAL=1: TERM exits 42, INT exits 43.
 constexpr const char* kServeScript = R"(#!/bin/sh
 d="$1"
-: > "$d/launched"
-mkdir -p "$d/seen"
-cp "$COLDSTART_MODEL_DIR"/* "$d/seen/" 2>/dev/null
-ls -l /proc/$$/fd/ > "$d/fds"
-echo "$COLDSTART_MODEL_DIR" > "$d/started.tmp" && mv "$d/started.tmp" "$d/started"
 if [ "$EXIT_ON_SIGNAL" = 1 ]; then
   trap 'echo TERM >> "$d/signals"; exit 42' TERM
   trap 'echo INT >> "$d/signals"; exit 43' INT
@@ -54,6 +49,11 @@ else
   trap 'echo TERM >> "$d/signals"' TERM
   trap 'echo INT >> "$d/signals"' INT
 fi
+: > "$d/launched"
+mkdir -p "$d/seen"
+cp "$COLDSTART_MODEL_DIR"/* "$d/seen/" 2>/dev/null
+ls -l /proc/$$/fd/ > "$d/fds"
+echo "$COLDSTART_MODEL_DIR" > "$d/started.tmp" && mv "$d/started.tmp" "$d/started"
 while [ ! -e "$d/stop" ] && [ -d "$d" ]; do sleep 0.02; done
 code=$(cat "$d/stop")
 [ "$code" = kill ] && kill -KILL $$
@@ -215,7 +215,9 @@ TEST_F(PreloadCli, ProbeIs503WithProgressThen200AndCmdStartsOnTheVerifiedModel) 
     return last.status == 200;
   })) << p.err();
   EXPECT_TRUE(saw_bytes_moving) << "a probe saw bytes arriving with an ETA";
-  EXPECT_EQ(last.body["state"], "serving");
+  // "ready" for the moment between the last file's rename and CMD's start.
+  EXPECT_TRUE(last.body["state"] == "serving" || last.body["state"] == "ready") << last.body;
+  EXPECT_EQ(last.body["model"], "ready");
   EXPECT_EQ(last.body["bytes_done"], last.body["bytes_total"]);
   ASSERT_TRUE(WaitFor([&] { return Exists(Marker("started")); }));
   EXPECT_EQ(ReadFile(Marker("started")), dest + "\n") << "COLDSTART_MODEL_DIR";
@@ -317,12 +319,7 @@ TEST_F(PreloadCli, FailedFetchNeverStartsCmdAndEndsInOneErrorLine) {
   EXPECT_EQ(missing.err.rfind("coldstart: error: ", 0), 0u) << missing.err;
   EXPECT_NE(missing.err.find("gs://bkt/nope"), std::string::npos) << missing.err;
 
-  coldstart::fakegcs::FaultSpec f;
-  f.kind = coldstart::fakegcs::FaultSpec::Kind::kCorrupt;
-  f.after_bytes = 200000;
-  f.count = 0;
-  f.object_glob = "bkt/m/model-00001-of-00002.safetensors";
-  server_->AddFault(f);
+  server_->AddFault(*coldstart::fakegcs::ParseFaultSpec("kind=corrupt,after=200000,count=0,object=bkt/m/model-00001-of-00002.safetensors"));
   Preload p("gs://bkt/m --to " + (out_ / "c") + " --probe-port 0 --probe-host 127.0.0.1 --progress json " + Cmd(), env_);
   auto r = p.Wait();
   EXPECT_EQ(r.code, 5) << r.err;

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -143,51 +144,62 @@ int ExitCodeOf(int wait_status) {
   return 1;
 }
 
-// Polls CMD's health URL every half second until it answers 200, then marks the server healthy.
-class ReadyPoller {
+// A named thread calling `tick` every `period` until it returns false or Stop() is called;
+// Stop() wakes it at once, runs one last tick when `last_tick` is set, and joins.
+class Ticker {
  public:
-  ReadyPoller(std::string url, loader::PreloadStatus& status) : url_(std::move(url)), status_(status) {
-    thread_ = std::thread([this] { Loop(); });
+  Ticker(const char* name, std::chrono::milliseconds period, std::function<bool()> tick, bool last_tick = false)
+      : period_(period), tick_(std::move(tick)), last_tick_(last_tick) {
+    thread_ = std::thread([this, name] {
+      pthread_setname_np(pthread_self(), name);
+      std::unique_lock lk(mu_);
+      for (;;) {
+        const bool stopping = stop_;
+        if (stopping && !last_tick_) return;
+        lk.unlock();
+        const bool more = tick_();
+        lk.lock();
+        if (!more || stopping) return;
+        cv_.wait_for(lk, period_, [this] { return stop_; });
+      }
+    });
   }
-  ~ReadyPoller() {
+  ~Ticker() { Stop(); }
+  void Stop() {
     {
       std::lock_guard lk(mu_);
       stop_ = true;
     }
     cv_.notify_all();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
 
  private:
-  void Loop() {
-    pthread_setname_np(pthread_self(), "cs-ready");
-    fetch::HttpOptions o;
-    o.connect_timeout_s = 1;
-    o.timeout_s = 2;
-    fetch::HttpClient client(o);
-    fetch::HttpRequest req;
-    req.url = url_;
-    req.follow_redirects = false;
-    std::unique_lock lk(mu_);
-    while (!stop_) {
-      lk.unlock();
-      auto r = client.Send(req);
-      lk.lock();
-      if (r.ok() && r->status == 200) {
-        status_.ServerHealthy();
-        return;
-      }
-      cv_.wait_for(lk, std::chrono::milliseconds(500), [this] { return stop_; });
-    }
-  }
-
-  const std::string url_;
-  loader::PreloadStatus& status_;
+  const std::chrono::milliseconds period_;
+  const std::function<bool()> tick_;
+  const bool last_tick_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;  // GUARDED_BY(mu_)
   std::thread thread_;
 };
+
+// Polls CMD's health URL every half second until it answers 200, then marks the server healthy.
+std::unique_ptr<Ticker> PollReadyUrl(const std::string& url, loader::PreloadStatus& status) {
+  fetch::HttpOptions o;
+  o.connect_timeout_s = 1;
+  o.timeout_s = 2;
+  auto client = std::make_shared<fetch::HttpClient>(o);
+  fetch::HttpRequest req;
+  req.url = url;
+  req.follow_redirects = false;
+  return std::make_unique<Ticker>("cs-ready", std::chrono::milliseconds(500), [client, req, &status] {
+    auto r = client->Send(req);
+    if (!r.ok() || r->status != 200) return true;
+    status.ServerHealthy();
+    return false;
+  });
+}
 
 // Progress on stderr from its own thread: JSON lines (one per --progress-interval while the
 // model arrives, one per change of state) or a bar and a line per change of state.
@@ -195,35 +207,20 @@ class StatusPrinter {
  public:
   StatusPrinter(loader::PreloadStatus& status, ProgressMode mode, double interval_s)
       : status_(status), mode_(mode), interval_(interval_s), bar_(mode == ProgressMode::kBar ? ProgressMode::kBar : ProgressMode::kOff, "preload") {
-    if (mode_ != ProgressMode::kOff) thread_ = std::thread([this] { Loop(); });
+    if (mode_ != ProgressMode::kOff)
+      ticker_.emplace("cs-progress", std::chrono::milliseconds(100), [this] {
+        Tick();
+        return true;
+      }, true);
   }
   ~StatusPrinter() { Stop(); }
   // Prints what changed since the last tick (not a failure: the caller prints that line).
   void Stop() {
-    {
-      std::lock_guard lk(mu_);
-      if (stop_) return;
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    ticker_.reset();
     bar_.Finish();
   }
 
  private:
-  void Loop() {
-    pthread_setname_np(pthread_self(), "cs-progress");
-    std::unique_lock lk(mu_);
-    for (;;) {
-      const bool last = stop_;
-      lk.unlock();
-      Tick();
-      lk.lock();
-      if (last) return;
-      cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_; });
-    }
-  }
-
   void Tick() {
     const auto s = status_.Snapshot();
     if (s.state == "failed") return;
@@ -262,10 +259,7 @@ class StatusPrinter {
   ProgressPrinter bar_;
   std::string last_state_;
   std::chrono::steady_clock::time_point last_line_{};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // GUARDED_BY(mu_)
-  std::thread thread_;
+  std::optional<Ticker> ticker_;  // last: stopped before the members its ticks use
 };
 
 Status CheckUsage(const PreloadArgs& a) {
@@ -298,43 +292,14 @@ Result<ProgressMode> ResolveMode(const std::string& flag) {
 
 // --mount: follows the mount's read-ahead into the status until the model is ready (or
 // failed: then says so in one error line; CMD keeps running, the probe stays 503).
-class MountWatcher {
- public:
-  MountWatcher(const cache::Mount& mount, loader::PreloadStatus& status) : mount_(mount), status_(status) {
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~MountWatcher() {
-    {
-      std::lock_guard lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  void Loop() {
-    pthread_setname_np(pthread_self(), "cs-mountwatch");
-    std::unique_lock lk(mu_);
-    while (!stop_) {
-      loader::UpdateFromMount(mount_.progress(), status_);
-      const auto snap = status_.Snapshot();
-      if (snap.model == loader::ModelPhase::kFailed) {
-        ReportError(MakeError(Errc::kIo, snap.error));
-        return;
-      }
-      if (snap.model == loader::ModelPhase::kReady) return;
-      cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_; });
-    }
-  }
-
-  const cache::Mount& mount_;
-  loader::PreloadStatus& status_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;  // GUARDED_BY(mu_)
-  std::thread thread_;
-};
+std::unique_ptr<Ticker> WatchMount(const cache::Mount& mount, loader::PreloadStatus& status) {
+  return std::make_unique<Ticker>("cs-mountwatch", std::chrono::milliseconds(100), [&mount, &status] {
+    loader::UpdateFromMount(mount.progress(), status);
+    const auto snap = status.Snapshot();
+    if (snap.model == loader::ModelPhase::kFailed) ReportError(MakeError(Errc::kIo, snap.error));
+    return snap.model != loader::ModelPhase::kFailed && snap.model != loader::ModelPhase::kReady;
+  });
+}
 
 }  // namespace
 
@@ -430,8 +395,8 @@ int RunPreload(const PreloadArgs& args) {
     mount = std::move(m).value();
     if (CancelRequested()) return cancelled("after mounting; CMD was not started");
   }
-  std::optional<MountWatcher> watcher;
-  if (mount) watcher.emplace(*mount, status);
+  std::unique_ptr<Ticker> watcher;
+  if (mount) watcher = WatchMount(*mount, status);
 
   auto pid = Spawn(args.cmd, dest, inherited);
   if (!pid.ok()) {
@@ -444,8 +409,8 @@ int RunPreload(const PreloadArgs& args) {
   // A signal that came while CMD was being started is passed on now; later ones as they come.
   if (const int pending = ForwardSignalsTo(*pid)) ::kill(*pid, pending);
   status.ServerStarted(*pid);
-  std::optional<ReadyPoller> poller;
-  if (!args.ready_url.empty()) poller.emplace(args.ready_url, status);
+  std::unique_ptr<Ticker> poller;
+  if (!args.ready_url.empty()) poller = PollReadyUrl(args.ready_url, status);
 
   int wait_status = 0;
   while (::waitpid(*pid, &wait_status, 0) < 0 && errno == EINTR) {
