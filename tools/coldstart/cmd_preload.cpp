@@ -366,7 +366,7 @@ int RunPreload(const PreloadArgs& args) {
     if (CancelRequested()) return cancelled(r.ok() ? "the model had arrived; CMD was not started" : r.error().message);
     if (!r.ok()) return fail(r.error());
   } else {
-    auto copts = MakeCacheOptions(args.cache_dir, "", env);
+    auto copts = MakeDiskCacheOptions(args.cache_dir);
     if (!copts.ok()) return fail(copts.error());
     auto disk = cache::DiskCache::Open(*copts);
     if (!disk.ok()) return fail(disk.error());

@@ -61,19 +61,4 @@ Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& so
   return fetch::RemoteSession::Open(source, o, Env::FromProcess());
 }
 
-Result<cache::DiskCacheOptions> MakeCacheOptions(const std::string& dir, const std::string& max_bytes, const Env& env) {
-  cache::DiskCacheOptions o;
-  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
-  if (!dir.empty()) o.dir = dir;
-  if (o.dir.empty()) {
-    CS_ASSIGN_OR_RETURN(o.dir, cache::DefaultCacheDir(env));
-  }
-  if (!max_bytes.empty()) {
-    auto b = ParseBytes(max_bytes);
-    if (!b.ok()) return std::move(b).error().WithContext("--cache-max-bytes");
-    o.max_bytes = *b;
-  }
-  return o;
-}
-
 }  // namespace coldstart::cli

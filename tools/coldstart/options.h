@@ -13,9 +13,6 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags);
 Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags);
 // Parses SRC; for remote sources opens the session (endpoint, credentials).
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags);
-// The disk cache of `mount` and `preload --mount`: the environment, then --cache-dir (else the
-// default folder) and --cache-max-bytes (size text; empty: unchanged).
-Result<cache::DiskCacheOptions> MakeCacheOptions(const std::string& dir, const std::string& max_bytes, const Env& env);
 // Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
 Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags);
 // The disk cache's options: defaults, COLDSTART_CACHE_*, then --cache-dir; with neither,
