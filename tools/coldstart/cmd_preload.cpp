@@ -214,6 +214,10 @@ class StatusPrinter {
       }, true);
   }
   ~StatusPrinter() { Stop(); }
+  // Prints what changed now (the model's arrival before CMD's first line of output).
+  void Flush() {
+    if (mode_ != ProgressMode::kOff) Tick();
+  }
   // Prints what changed since the last tick (not a failure: the caller prints that line).
   void Stop() {
     ticker_.reset();
@@ -222,6 +226,7 @@ class StatusPrinter {
 
  private:
   void Tick() {
+    std::lock_guard lk(tick_mu_);
     const auto s = status_.Snapshot();
     if (s.state == "failed") return;
     const bool changed = s.state != last_state_;
@@ -239,12 +244,15 @@ class StatusPrinter {
       if (s.bytes_total > 0) bar_.Update(s.bytes_done, s.bytes_total);
       return;
     }
-    if (!changed) return;
-    bar_.Finish();
-    if (s.state == "ready") {
+    if (!ready_said_) {
+      ready_said_ = true;
+      if (s.bytes_total > 0) bar_.Update(s.bytes_total, s.bytes_total);
+      bar_.Finish();
       std::fprintf(stderr, "coldstart: model ready in %.2f s (%s in %s)\n", s.model_ready_seconds.value_or(0),
                    FormatBytes(static_cast<double>(s.bytes_total)).c_str(), status_.info().dest.c_str());
-    } else if (s.state == "server-starting") {
+    }
+    if (!changed) return;
+    if (s.state == "server-starting") {
       std::fprintf(stderr, "coldstart: started CMD (pid %ld); waiting for its ready URL\n", s.server_pid);
     } else if (s.state == "serving") {
       std::fprintf(stderr, "coldstart: serving (CMD pid %ld)\n", s.server_pid);
@@ -259,6 +267,8 @@ class StatusPrinter {
   ProgressPrinter bar_;
   std::string last_state_;
   std::chrono::steady_clock::time_point last_line_{};
+  bool ready_said_ = false;
+  std::mutex tick_mu_;            // Flush() and the ticker
   std::optional<Ticker> ticker_;  // last: stopped before the members its ticks use
 };
 
@@ -398,6 +408,7 @@ int RunPreload(const PreloadArgs& args) {
   std::unique_ptr<Ticker> watcher;
   if (mount) watcher = WatchMount(*mount, status);
 
+  printer.Flush();
   auto pid = Spawn(args.cmd, dest, inherited);
   if (!pid.ok()) {
     watcher.reset();
