@@ -17,6 +17,11 @@ namespace {
 
 std::atomic<int> g_signal{0};
 std::atomic<bool> g_installed{false};
+// GUARDED_BY(g_forward_mu): once set, signals go to this process instead of cancelling.
+std::mutex g_forward_mu;
+long g_forward_pid = 0;
+int g_forwarded_sig = 0;
+std::chrono::steady_clock::time_point g_forwarded_at;
 std::mutex g_handler_mu;
 std::function<void()> g_handler;  // GUARDED_BY(g_handler_mu)
 
@@ -42,6 +47,19 @@ void InstallCancelSignals() {
     for (;;) {
       int sig = 0;
       if (::sigwait(&set, &sig) != 0) continue;
+      {
+        std::lock_guard lk(g_forward_mu);
+        if (g_forward_pid > 0) {
+          // The same signal twice within 500 ms is one request sent to us and to our group
+          // (`timeout`, a terminal): CMD, in a process group of its own, gets it once.
+          const auto now = std::chrono::steady_clock::now();
+          if (sig != g_forwarded_sig || now - g_forwarded_at >= std::chrono::milliseconds(500))
+            ::kill(static_cast<pid_t>(g_forward_pid), sig);
+          g_forwarded_sig = sig;
+          g_forwarded_at = now;
+          continue;
+        }
+      }
       int expected = 0;
       if (g_signal.compare_exchange_strong(expected, sig)) {
         first = std::chrono::steady_clock::now();
@@ -59,6 +77,12 @@ void InstallCancelSignals() {
       ::_exit(128 + sig);
     }
   }).detach();
+}
+
+int ForwardSignalsTo(long pid) {
+  std::lock_guard lk(g_forward_mu);
+  g_forward_pid = pid;
+  return g_signal.load();
 }
 
 void OnCancelSignal(std::function<void()> fn) {

@@ -26,4 +26,10 @@ void OnCancelSignal(std::function<void()> fn);
 // (130 for SIGINT, 143 for SIGTERM).
 int ReportCancelled(std::string_view detail = {});
 
+// From now on every SIGINT and SIGTERM is sent on to process `pid` (preload's CMD, which
+// decides what a signal means) instead of cancelling, and a second one no longer exits.
+// Returns the signal that had already asked to stop before this call (0 if none), so the
+// caller can pass on one that arrived while CMD was being started.
+int ForwardSignalsTo(long pid);
+
 }  // namespace coldstart::cli

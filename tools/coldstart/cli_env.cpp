@@ -11,6 +11,10 @@ constexpr std::array kVars = {
     EnvVarInfo{"COLDSTART_PROGRESS", "auto",
                "auto|bar|json|off: what --progress auto means. auto draws a bar on a TTY and nothing "
                "otherwise; json writes one JSON line a second to stderr (container logs)."},
+    EnvVarInfo{"COLDSTART_MODEL_DIR", "",
+               "Set by `coldstart preload` for CMD: the folder (--to) or mount point (--mount) "
+               "holding the model. Read by nothing in coldstart; registered so a coldstart "
+               "command run as CMD does not reject it."},
 };
 
 }  // namespace

@@ -78,6 +78,21 @@ struct PrefetchArgs {
   CacheFlags cache;
 };
 
+struct PreloadArgs {
+  std::string source;
+  std::string to, mount;               // exactly one
+  int probe_port = -1;                 // -1: no probe server; 0: any free port (printed)
+  std::string probe_host = "0.0.0.0";
+  std::string ready_url;               // CMD's health URL; the probe needs its 200 too
+  std::string cache_dir;               // --mount: the disk cache
+  std::string progress = "auto";       // auto: a bar on a TTY, JSON lines otherwise
+  double progress_interval = 5;        // seconds between JSON progress lines
+  std::vector<std::string> include, exclude;
+  bool fsync = false;
+  RemoteFlags remote;
+  std::vector<std::string> cmd;        // CMD ARGS... (after --)
+};
+
 struct MountArgs {
   std::string source, mountpoint;
   std::string cache_dir;        // --cache-dir; else COLDSTART_CACHE_DIR, else the default
@@ -104,6 +119,7 @@ struct CacheArgs {
 };
 
 int RunPrefetch(const PrefetchArgs& args);
+int RunPreload(const PreloadArgs& args);
 int RunCache(const CacheArgs& args);
 int RunAuth(const AuthArgs& args);
 int RunMount(const MountArgs& args);

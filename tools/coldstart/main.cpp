@@ -104,6 +104,26 @@ int main(int argc, char** argv) {
   cp->add_option("--cache-max-bytes", prefetch.cache.max_bytes, "Cap the disk cache, e.g. 40GiB (env COLDSTART_CACHE_MAX_BYTES)");
   AddRemoteFlags(cp, &prefetch.remote);
 
+  PreloadArgs preload;
+  auto* cpl = app.add_subcommand("preload", "Container entrypoint: fetch a model (or mount it) while answering a startup probe, then run CMD");
+  cpl->add_option("source", preload.source, "gs://BUCKET/PREFIX or an http(s) folder URL")->required();
+  auto* to = cpl->add_option("--to", preload.to, "Prefetch into this folder (verified), then start CMD");
+  auto* mnt = cpl->add_option("--mount", preload.mount, "Mount the source here (FUSE, disk cache below), start CMD at once");
+  to->excludes(mnt);
+  cpl->add_option("--probe-port", preload.probe_port, "Serve the startup probe on this port (any path; 0 = a free port, printed)")
+      ->check(CLI::Range(0, 65535));
+  cpl->add_option("--probe-host", preload.probe_host, "Address the probe listens on")->capture_default_str();
+  cpl->add_option("--ready-url", preload.ready_url, "CMD's health URL: the probe answers 200 only once it does too");
+  cpl->add_option("--cache-dir", preload.cache_dir, "Disk cache for --mount (env COLDSTART_CACHE_DIR; default $XDG_CACHE_HOME/coldstart)");
+  cpl->add_option("--progress", preload.progress, "auto|bar|json|off: a bar on a TTY, JSON lines on stderr otherwise");
+  cpl->add_option("--progress-interval", preload.progress_interval, "Seconds between JSON progress lines")
+      ->capture_default_str()->check(CLI::Range(0.1, 3600.0));
+  cpl->add_option("--include", preload.include, "Only objects whose relative name matches this glob (repeatable)");
+  cpl->add_option("--exclude", preload.exclude, "Skip objects whose relative name matches this glob (repeatable)");
+  cpl->add_flag("--fsync", preload.fsync, "--to: flush each file before its rename (env COLDSTART_PREFETCH_FSYNC)");
+  AddRemoteFlags(cpl, &preload.remote);
+  cpl->add_option("cmd", preload.cmd, "-- CMD ARGS...: the server to run, with COLDSTART_MODEL_DIR set");
+
   MountArgs mount;
   auto* cm = app.add_subcommand("mount", "Mount a model read-only (FUSE) with a disk cache below; runs until SIGTERM, SIGINT or fusermount3 -u");
   cm->add_option("source", mount.source, "gs://BUCKET/PREFIX, an http(s) folder URL or a local folder")->required();
@@ -194,6 +214,7 @@ int main(int argc, char** argv) {
   if (cs->parsed()) return RunSynth(synth);
   if (ce->parsed()) return RunEnv();
   if (cp->parsed()) return RunPrefetch(prefetch);
+  if (cpl->parsed()) return RunPreload(preload);
   if (ca->parsed()) return RunAuth(auth);
   if (cm->parsed()) return RunMount(mount);
   for (auto* a : cache_actions)
