@@ -1133,7 +1133,9 @@ Result<std::uint64_t> ReadOrCreateConfig(int dirfd, const DiskCacheOptions& o) {
     std::error_code ec;
     for (std::filesystem::directory_iterator it(o.dir, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string n = it->path().filename().string();
-      if (n != "entries" && n != "listings" && n != "CACHEDIR.TAG" && n != "evict.lock" && n.rfind(".tmp-", 0) != 0)
+      // "config" itself: another process created it since we looked (first opens racing).
+      if (n != "config" && n != "entries" && n != "listings" && n != "CACHEDIR.TAG" && n != "evict.lock" &&
+          n.rfind(".tmp-", 0) != 0)
         return MakeError(Errc::kFormat, o.dir + ": not a coldstart cache folder (it holds '" + n + "' and no config)");
     }
     const std::string tmp = ".tmp-config-" + RandomSuffix();

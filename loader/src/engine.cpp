@@ -583,11 +583,12 @@ class FileSink final : public Sink {
     writer.Submit(f.partial->fd(), ch.offset, data, ch.length, [this, &f, off = ch.offset, len = ch.length, crc](Status st) {
       if (st.ok()) st = f.partial->RangeDone(off, len, crc);
       if (st.ok()) f.got += len;
-      {
-        std::lock_guard lk(mu_);
-        if (!st.ok() && !error_) error_ = std::move(st).error().WithContext(f.partial->partial_path());
-        --pending_;
-      }
+      // Notified under the lock: Drain() may return and the sink be destroyed as soon as the
+      // lock is released, so nothing of it is touched after that (TSan caught a cv destroyed
+      // while notified).
+      std::lock_guard lk(mu_);
+      if (!st.ok() && !error_) error_ = std::move(st).error().WithContext(f.partial->partial_path());
+      --pending_;
       cv_.notify_all();
     });
     return OkStatus();

@@ -505,6 +505,37 @@ TEST(DiskCache, KillNineAtRandomMomentsNeverServesWrongBytes) {
 
 // N processes filling one entry at once: each chunk is filled exactly once in total, and every
 // process ends with every chunk.
+// Containers starting at once on a node's empty cache folder: every first Open succeeds (one
+// saw the folder half made, with "config" already in it, and called it someone else's).
+TEST(DiskCache, ProcessesOpeningAFreshFolderAtOnceAllSucceed) {
+  for (int round = 0; round < 5; ++round) {
+    TempDir d;
+    const std::string dir = d / "cache";
+    int start[2];
+    ASSERT_EQ(::pipe(start), 0);
+    std::vector<pid_t> kids;
+    for (int p = 0; p < 8; ++p) {
+      pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        ::close(start[1]);
+        char go;
+        if (::read(start[0], &go, 1) != 0) ::_exit(9);
+        auto cache = DiskCache::Open(DiskCacheOptions{dir, 0, kChunk});
+        ::_exit(cache.ok() ? 0 : 2);
+      }
+      kids.push_back(pid);
+    }
+    ::close(start[0]);
+    ::close(start[1]);
+    for (pid_t pid : kids) {
+      int status = 0;
+      ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "round " << round << ": child exit " << status;
+    }
+  }
+}
+
 TEST(DiskCache, ProcessesFillingOneEntryFillEachChunkOnce) {
   TempDir d;
   constexpr int kProcs = 3;
