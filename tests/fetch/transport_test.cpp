@@ -127,7 +127,9 @@ TEST(Transport, SkippedRangesAreNeverFetched) {
   for (std::size_t i = 0; i < ranges.size(); ++i) {
     const bool fetched = std::find(s.starts.begin(), s.starts.end(), ranges[i].offset) != s.starts.end();
     EXPECT_EQ(fetched, i % 3 != 0) << i;
-    if (i % 3 != 0) EXPECT_EQ(out.substr(ranges[i].offset, ranges[i].length), s.body.substr(ranges[i].offset, ranges[i].length));
+    if (i % 3 != 0) {
+      EXPECT_EQ(out.substr(ranges[i].offset, ranges[i].length), s.body.substr(ranges[i].offset, ranges[i].length));
+    }
   }
 }
 
