@@ -124,6 +124,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--dir", default="/tmp/coldstart-bench-mount")
     ap.add_argument("--json", default="")
+    ap.add_argument("--mount-args", default="", help="extra `coldstart mount` flags, e.g. '--memory 320MiB'")
     a = ap.parse_args()
     require_tools("nginx", "rclone", "fusermount3")
     os.makedirs(a.dir, exist_ok=True)
@@ -150,7 +151,7 @@ def main():
     def coldstart_mount_cold():
         c = cache("cold")
         t0 = time.perf_counter()
-        p = start_coldstart_mount(url, mnt[0], c, a.concurrency)
+        p = start_coldstart_mount(url, mnt[0], c, a.concurrency, a.mount_args.split())
         secs, got = read_files([os.path.join(mnt[0], f) for f in shards])
         wall = time.perf_counter() - t0
         # The warm read: a fresh mount of the cache just filled (no page cache of the old mount).
@@ -203,7 +204,7 @@ def main():
         c = cache("two")
         counter.reset()
         t0 = time.perf_counter()
-        ps = [start_coldstart_mount(url, m, c, a.concurrency) for m in mnt]
+        ps = [start_coldstart_mount(url, m, c, a.concurrency, a.mount_args.split()) for m in mnt]
         readers = [subprocess.Popen([sys.executable, "-c", READER, *[os.path.join(m, f) for f in shards]],
                                     stdout=subprocess.PIPE, text=True) for m in mnt]
         outs = [r.communicate()[0].split() for r in readers]
