@@ -2,7 +2,8 @@
 # The main job on an embedded default (README): builds coldstart, writes a synthetic
 # Gemma-3-style model into a local fake GCS bucket, serves it with coldstart-fake-gcs on
 # loopback, then prefetches it to disk and loads it into libtorch tensors through gs://,
-# printing what was loaded and how fast. No cloud account needed.
+# printing what was loaded and how fast, then loads it twice through the disk cache (the second
+# from local disk). No cloud account needed.
 #   tools/demo.sh [SIZE]    SIZE defaults to 512MiB (any size: 2GiB, 8GiB, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +35,8 @@ echo "== coldstart load gs://demo-bucket/gemma-3-synth (network straight into te
 build/coldstart load gs://demo-bucket/gemma-3-synth --device cpu
 echo "== coldstart load $work/model (local disk)"
 build/coldstart load "$work/model" --device cpu
+echo "== coldstart load gs://demo-bucket/gemma-3-synth --cache-dir $work/cache, twice (the second reads the disk cache)"
+rm -rf "$work/cache"
+build/coldstart load gs://demo-bucket/gemma-3-synth --no-torch --cache-dir "$work/cache"
+build/coldstart load gs://demo-bucket/gemma-3-synth --no-torch --cache-dir "$work/cache"
+build/coldstart cache ls --cache-dir "$work/cache" | tail -n 1
