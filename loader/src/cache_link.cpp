@@ -14,12 +14,21 @@ Result<std::unique_ptr<CacheLink>> CacheLink::Open(std::shared_ptr<cache::DiskCa
                                                    const ModelLayout& m, const Plan& plan) {
   std::unique_ptr<CacheLink> link(new CacheLink(std::move(cache), rm, plan));
   for (std::size_t i = 0; i < m.files.size(); ++i) {
-    CS_ASSIGN_OR_RETURN(auto e, link->cache_->OpenEntry(CacheKeyFor(*rm.session, rm.files[i])));
+    const cache::ObjectKey key = CacheKeyFor(*rm.session, rm.files[i]);
+    if (!Cacheable(key)) {
+      // No generation, ETag or Last-Modified: a rewritten object of the same size could not be
+      // told from the cached one, so it is never cached (its chunks are fetched).
+      LogWarning(rm.files[i].object.display + " has no version (generation, ETag or Last-Modified); it is not cached");
+      link->entries_.push_back(nullptr);
+      continue;
+    }
+    CS_ASSIGN_OR_RETURN(auto e, link->cache_->OpenEntry(key));
     link->entries_.push_back(std::move(e));
   }
   link->info_.resize(plan.chunks.size());
   for (std::size_t c = 0; c < plan.chunks.size(); ++c) {
     const Chunk& ch = plan.chunks[c];
+    if (!link->entries_[ch.file]) continue;  // not cacheable: never whole
     const cache::CacheEntry& e = *link->entries_[ch.file];
     const std::uint64_t cb = e.chunk_bytes();
     const std::uint64_t data_start = m.files[ch.file].header.data_start();
@@ -37,6 +46,7 @@ Result<std::unique_ptr<CacheLink>> CacheLink::Open(std::shared_ptr<cache::DiskCa
   }
   // Cache chunks made only of header bytes (a header longer than a chunk) are filled now.
   for (std::size_t i = 0; i < m.files.size(); ++i) {
+    if (!link->entries_[i]) continue;
     cache::CacheEntry& e = *link->entries_[i];
     const std::string& h = rm.header_bytes[i];
     for (std::size_t k = 0; (k + 1) * e.chunk_bytes() <= h.size() && k < e.chunk_count(); ++k) {
@@ -101,6 +111,7 @@ Result<std::uint32_t> CacheLink::Read(std::size_t c, std::byte* dst) {
 }
 
 void CacheLink::Invalidate(std::uint32_t file) {
+  if (!entries_[file]) return;
   cache::CacheEntry& e = *entries_[file];
   for (std::size_t k = 0; k < e.chunk_count(); ++k)
     if (auto crc = e.SlotCrc(k)) (void)e.CheckChunk(k, ~*crc);  // a CRC that is not the slot's clears it

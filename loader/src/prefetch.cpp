@@ -281,8 +281,11 @@ Result<PrefetchReport> Prefetch(fetch::RemoteSession& session, const std::string
       ++report.resumed_files;
     }
     t.remaining = f.object.size - t.file.kept_bytes();
-    if (options.cache && t.file.kept_bytes() == 0) {
-      auto e = options.cache->OpenEntry(CacheKeyFor(session, f));
+    const auto key = options.cache ? CacheKeyFor(session, f) : cache::ObjectKey{};
+    if (options.cache && !Cacheable(key)) {
+      LogWarning(f.object.display + " has no version (generation, ETag or Last-Modified); it is not cached");
+    } else if (options.cache && t.file.kept_bytes() == 0) {
+      auto e = options.cache->OpenEntry(key);
       if (!e.ok()) {
         LogWarning("disk cache " + options.cache->dir() + ": " + e.error().ToString() + "; " + f.name + " is not cached");
       } else {

@@ -125,7 +125,8 @@ Result<std::string> GetSmallCached(fetch::RemoteSession& s, const fetch::RemoteF
                                    std::uint64_t max_bytes) {
   std::shared_ptr<cache::CacheEntry> e;
   if (cache) {
-    if (auto opened = cache->OpenEntry(CacheKeyFor(s, f)); opened.ok()) e = *opened;
+    if (const auto key = CacheKeyFor(s, f); Cacheable(key))
+      if (auto opened = cache->OpenEntry(key); opened.ok()) e = *opened;
   }
   if (e && e->Complete()) {
     std::string text;
@@ -239,7 +240,8 @@ Result<RemoteModel> OpenListed(std::shared_ptr<fetch::RemoteSession> session, ca
   std::vector<std::shared_ptr<cache::CacheEntry>> entries(shards.size());
   if (cache) {
     for (std::size_t i = 0; i < shards.size(); ++i)
-      if (auto e = cache->OpenEntry(CacheKeyFor(*session, shards[i])); e.ok()) entries[i] = *e;
+      if (const auto key = CacheKeyFor(*session, shards[i]); Cacheable(key))
+        if (auto e = cache->OpenEntry(key); e.ok()) entries[i] = *e;
     CS_RETURN_IF_ERROR(ExtendPrefixesViaCache(*session, objs, entries, lens, &prefixes));
   }
   CS_RETURN_IF_ERROR(ExtendPrefixes(*session, objs, lens, &prefixes));

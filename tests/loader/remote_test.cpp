@@ -570,6 +570,45 @@ TEST(RangeFetcherOddServers, IgnoredRangeAndShiftedContentRange) {
 namespace coldstart::loader {
 namespace {
 
+// An HTTP object with no version at all (no ETag, no Last-Modified) is never cached: a rewrite
+// of the same size could not be told apart. The load and the prefetch still work, uncached.
+TEST(RemoteHttpCache, ObjectsWithoutAVersionAreNeverCached) {
+  TempDir d, cdir;
+  SynthOptions so;
+  so.shards = 1;
+  ASSERT_TRUE(SynthesizeModel(d / "m", so).ok());
+  const std::string body = coldstart::testing::ReadFile(d / "m/model.safetensors");
+  coldstart::testing::LoopbackServer loop;
+  loop.server().set_keep_alive_timeout(1);  // the transport keeps its connections: let stop() be quick
+  loop.server().Get("/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(body, "application/octet-stream");  // no ETag, no Last-Modified
+  });
+  loop.Start();
+  const std::string url = "http://127.0.0.1:" + std::to_string(loop.port()) + "/model.safetensors";
+  auto src = fetch::ParseSource(url);
+  auto s = fetch::RemoteSession::Open(*src, fetch::RemoteOptions{}, Env::FromMap({{"COLDSTART_METADATA", "off"}}));
+  ASSERT_TRUE(s.ok());
+  cache::DiskCacheOptions co;
+  co.dir = cdir / "c";
+  auto c = cache::DiskCache::Open(co);
+  ASSERT_TRUE(c.ok());
+  auto rm = OpenRemoteModel(*s, c->get());
+  ASSERT_TRUE(rm.ok()) << rm.error().message;
+  EXPECT_TRUE(rm->files[0].version.empty());
+  HostLoadOptions ho;
+  ho.cache = *c;
+  RemoteLoadStats st;
+  auto m = LoadRemoteToHost(std::move(rm).value(), ho, &st);
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_EQ(st.cache_filled_bytes, 0u);
+  PrefetchOptions po;
+  po.cache = *c;
+  auto p = Prefetch(**s, d / "copy", po);
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  EXPECT_EQ(p->cache_filled_bytes, 0u);
+  EXPECT_EQ((*c)->List()->size(), 0u) << "an unversioned object was cached";
+}
+
 // A plain HTTP server whose only checksum is an MD5 in x-goog-hash: loads and prefetches are
 // verified by MD5, and a wrong MD5 is an integrity error.
 TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
@@ -587,6 +626,7 @@ TEST(RemoteMd5, VerifiedByMd5WhenThereIsNoCrc32c) {
   std::atomic<bool> serve_wrong{false};
   coldstart::testing::LoopbackServer loop;
   httplib::Server& svr = loop.server();
+  svr.set_keep_alive_timeout(1);  // the transport keeps its connections: let stop() be quick (was 5 s)
   svr.Get("/model.safetensors", [&](const httplib::Request&, httplib::Response& res) {
     res.set_header("x-goog-hash", "md5=" + (serve_wrong.load() ? wrong : good));
     res.set_content(body, "application/octet-stream");  // httplib answers Range itself

@@ -18,6 +18,10 @@ namespace coldstart::loader {
 // The cache key of a remote file: origin (bucket and endpoint, or scheme://host:port), object
 // name, version (GCS generation; HTTP ETag, else Last-Modified) and size.
 cache::ObjectKey CacheKeyFor(const fetch::RemoteSession& session, const fetch::RemoteFile& file);
+// Whether a key tells versions apart (it has a generation, ETag or Last-Modified). Loads and
+// prefetches never cache an object without one: a rewrite of the same size would be served
+// stale.
+inline bool Cacheable(const cache::ObjectKey& key) { return !key.version.empty(); }
 
 // The listing as the disk cache records it for `source` (the URL as the user gave it), for
 // offline use by mounts and loads alike (DiskCache::SaveListing).
