@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/file_io.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/core/little_endian.h"
 
@@ -82,34 +83,9 @@ Fd OpenAt(int dirfd, const std::string& name, int flags, mode_t mode = 0644) {
   return Fd(fd);
 }
 
-Status WriteAll(int fd, const void* p, std::size_t n, std::uint64_t off, const std::string& what) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, b, n, static_cast<off_t>(off));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return MakePathError(what + ": cannot write", errno);
-    }
-    if (w == 0) return MakeSysError(Errc::kResourceExhausted, what + ": cannot write", ENOSPC);
-    b += w, n -= static_cast<std::size_t>(w), off += static_cast<std::uint64_t>(w);
-  }
-  return OkStatus();
-}
-
 // Reads up to n bytes; *got tells how many (short only at end of file).
 Status ReadAll(int fd, void* p, std::size_t n, std::uint64_t off, const std::string& what, std::size_t* got) {
-  auto* b = static_cast<unsigned char*>(p);
-  std::size_t done = 0;
-  while (done < n) {
-    ssize_t r = ::pread(fd, b + done, n - done, static_cast<off_t>(off + done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return MakeSysError(Errc::kIo, what + ": cannot read", errno);
-    }
-    if (r == 0) break;
-    done += static_cast<std::size_t>(r);
-  }
-  *got = done;
+  CS_ASSIGN_OR_RETURN(*got, ReadAt(fd, p, n, off, what));
   return OkStatus();
 }
 
@@ -138,7 +114,7 @@ Status WriteFileAtomic(int dirfd, const std::string& shown_dir, const std::strin
   std::string tmp = ".tmp-" + name + "-" + std::to_string(std::random_device{}());
   Fd fd = OpenAt(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL);
   if (!fd) return MakePathError(shown_dir + "/" + tmp + ": cannot create", errno);
-  Status st = WriteAll(fd.get(), bytes.data(), bytes.size(), 0, shown_dir + "/" + tmp);
+  Status st = WriteAt(fd.get(), bytes.data(), bytes.size(), 0, shown_dir + "/" + tmp);
   if (st.ok() && fsync && ::fdatasync(fd.get()) != 0) st = MakePathError(shown_dir + "/" + tmp + ": cannot flush", errno);
   fd.reset();
   if (st.ok() && ::renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0)
@@ -536,7 +512,7 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
       return MakeError(Errc::kIntegrity, Name(c) + ": bytes given to Fill do not match the CRC32C given");
     std::uint64_t off = ChunkOffset(c);
     for (const auto& [p, n] : parts) {
-      Status st = WriteAll(data_.get(), p, n, off, data_path_);
+      Status st = WriteAt(data_.get(), p, n, off, data_path_);
       if (!st.ok()) {
         // Give back the blocks written so far (a full disk is why we are here, often).
         ::fallocate(data_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(ChunkOffset(c)),
@@ -554,7 +530,7 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
     PutU32(s + 4, kPresentMarker);
     PutU32(s + 8, static_cast<std::uint32_t>(c));
     PutU32(s + 12, Crc32c(s, 12));
-    CS_RETURN_IF_ERROR(WriteAll(map_.get(), s, sizeof s, SlotOffset(c), dir_ + "/map"));
+    CS_RETURN_IF_ERROR(WriteAt(map_.get(), s, sizeof s, SlotOffset(c), dir_ + "/map"));
     if (cache_->options().fsync && ::fdatasync(map_.get()) != 0) return MakePathError(dir_ + "/map: cannot flush", errno);
     claim.Release();
     cache_->AfterFill(len);
@@ -631,7 +607,7 @@ class EntryImpl final : public CacheEntry, public std::enable_shared_from_this<E
     }
     if (st.ok()) {
       unsigned char zero[kSlotBytes] = {};
-      st = WriteAll(map_.get(), zero, sizeof zero, SlotOffset(c), dir_ + "/map");
+      st = WriteAt(map_.get(), zero, sizeof zero, SlotOffset(c), dir_ + "/map");
       if (st.ok() && cache_->options().fsync) ::fdatasync(map_.get());
       if (st.ok()) {
         corrupt_.fetch_add(1);
@@ -787,10 +763,10 @@ Result<std::shared_ptr<EntryImpl>> CacheImpl::Create(const ObjectKey& key, const
   Fd keyf = OpenAt(dfd.get(), "key", excl), map = OpenAt(dfd.get(), "map", excl), data = OpenAt(dfd.get(), "data", excl);
   Fd use = OpenAt(dfd.get(), "use", excl);
   if (!keyf || !map || !data || !use) return fail(MakePathError(tmp_path + ": cannot create its files", errno));
-  Status st = WriteAll(keyf.get(), text.data(), text.size(), 0, tmp_path + "/key");
+  Status st = WriteAt(keyf.get(), text.data(), text.size(), 0, tmp_path + "/key");
   MapHeader h{options_.chunk_bytes, key.size, (key.size + options_.chunk_bytes - 1) / options_.chunk_bytes, Crc32c(text)};
   const std::string header = EncodeMapHeader(h);
-  if (st.ok()) st = WriteAll(map.get(), header.data(), header.size(), 0, tmp_path + "/map");
+  if (st.ok()) st = WriteAt(map.get(), header.data(), header.size(), 0, tmp_path + "/map");
   // All slots zero (absent); data sparse until filled.
   if (st.ok() && ::ftruncate(map.get(), static_cast<off_t>(kMapHeaderBytes + h.chunks * kSlotBytes)) != 0)
     st = MakePathError(tmp_path + "/map: cannot size", errno);
@@ -1143,7 +1119,7 @@ Result<std::uint64_t> ReadOrCreateConfig(int dirfd, const DiskCacheOptions& o) {
     if (!fd) return MakePathError(o.dir + "/" + tmp + ": cannot create", errno);
     const std::string body = std::string(kConfigMagic) + " " + std::to_string(kFormatVersion) + "\nchunk_bytes " +
                              std::to_string(o.chunk_bytes) + "\n";
-    Status st = WriteAll(fd.get(), body.data(), body.size(), 0, o.dir + "/" + tmp);
+    Status st = WriteAt(fd.get(), body.data(), body.size(), 0, o.dir + "/" + tmp);
     if (st.ok() && ::fsync(fd.get()) != 0) st = MakePathError(o.dir + "/" + tmp + ": cannot flush", errno);
     fd.reset();
     int err = 0;

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/file_io.h"
 #include "coldstart/core/env.h"
 #include "coldstart/core/hash.h"
 
@@ -112,14 +113,8 @@ std::optional<ResumeRecord> ReadResumeRecord(const std::string& path) {
   std::string bytes;
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) <= kMaxRecordFile) {
     bytes.resize(static_cast<std::size_t>(st.st_size));
-    std::size_t got = 0;
-    while (got < bytes.size()) {
-      ssize_t n = ::pread(fd, bytes.data() + got, bytes.size() - got, static_cast<off_t>(got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      got += static_cast<std::size_t>(n);
-    }
-    bytes.resize(got);
+    auto got = ReadAt(fd, bytes.data(), bytes.size(), 0, path);
+    bytes.resize(got.ok() ? *got : 0);
   }
   ::close(fd);
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
@@ -210,14 +205,8 @@ Result<DiskSums> ReadBack(int fd, std::uint64_t offset, std::uint64_t len, bool 
       p = static_cast<const unsigned char*>(m) + (pos - start);
     } else {  // e.g. a file system without mmap: read instead
       buf.resize(want);
-      std::uint64_t got = 0;
-      while (got < want) {
-        ssize_t n = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(pos + got));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return MakeSysError(Errc::kIo, path + ": read back failed", errno);
-        if (n == 0) return MakeError(Errc::kIntegrity, path + ": shorter than expected on disk");
-        got += static_cast<std::uint64_t>(n);
-      }
+      CS_ASSIGN_OR_RETURN(std::size_t got, ReadAt(fd, buf.data(), want, pos, path));
+      if (got != want) return MakeError(Errc::kIntegrity, path + ": shorter than expected on disk");
       p = buf.data();
     }
     s.crc = Crc32cExtend(s.crc, p, want);
@@ -487,19 +476,7 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> PartialFile::missing_ranges
 }
 
 Status PartialFile::Write(std::uint64_t offset, const std::byte* data, std::size_t len) {
-  const int fd = impl_->fd;
-  while (len > 0) {
-    ssize_t n = ::pwrite(fd, data, len, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return MakeSysError(errno == ENOSPC || errno == EDQUOT ? Errc::kResourceExhausted : Errc::kIo,
-                          impl_->partial_path + ": write failed", errno);
-    }
-    data += n;
-    offset += static_cast<std::uint64_t>(n);
-    len -= static_cast<std::size_t>(n);
-  }
-  return OkStatus();
+  return WriteAt(impl_->fd, data, len, offset, impl_->partial_path);
 }
 
 Status PartialFile::RangeDone(std::uint64_t offset, std::uint64_t len, std::uint32_t crc32c) {

@@ -1,5 +1,7 @@
 #include "coldstart/fetch/file_writer.h"
 
+#include "coldstart/core/file_io.h"
+
 #include <liburing.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -25,18 +27,7 @@ Error WriteError(int err) {
 class PwriteWriter final : public FileWriter {
  public:
   void Submit(int fd, std::uint64_t offset, const std::byte* data, std::size_t len, std::function<void(Status)> done) override {
-    while (len > 0) {
-      ssize_t n = ::pwrite(fd, data, len, static_cast<off_t>(offset));
-      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-      if (n <= 0) {
-        done(WriteError(n < 0 ? errno : EIO));
-        return;
-      }
-      data += n;
-      offset += static_cast<std::uint64_t>(n);
-      len -= static_cast<std::size_t>(n);
-    }
-    done(OkStatus());
+    done(WriteAt(fd, data, len, offset, "file write"));
   }
   const char* engine() const override { return "pwrite"; }
 };

@@ -1,10 +1,7 @@
 #include "cache_link.h"
 
-#include <unistd.h>
-
-#include <cerrno>
-
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/file_io.h"
 #include "coldstart/core/log.h"
 #include "coldstart/loader/mount_source.h"
 
@@ -96,13 +93,8 @@ Result<std::uint32_t> CacheLink::Read(std::size_t c, std::byte* dst) {
   const Info& in = info_[c];
   const Chunk& ch = plan_.chunks[c];
   cache::CacheEntry& e = entry(c);
-  std::uint64_t got = 0;
-  while (got < ch.length) {
-    ssize_t n = ::pread(e.data_fd(), dst + got, ch.length - got, static_cast<off_t>(ch.offset + got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return MakeSysError(Errc::kNotFound, e.data_path() + ": cannot read a cached chunk", n < 0 ? errno : 0);
-    got += static_cast<std::uint64_t>(n);
-  }
+  auto got = ReadAt(e.data_fd(), dst, ch.length, ch.offset, e.data_path());
+  if (!got.ok() || *got != ch.length) return MakeError(Errc::kNotFound, e.data_path() + ": a cached chunk cannot be read back");
   const std::uint32_t data_crc = Crc32c(dst, ch.length);
   const std::uint32_t crc = in.head_len > 0 ? Crc32cCombine(in.head_crc, data_crc, ch.length) : data_crc;
   CS_RETURN_IF_ERROR(e.CheckChunk(in.cache_chunk, crc));

@@ -17,6 +17,7 @@
 #include "cache_link.h"
 #include "coldstart/cache/memory.h"
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/file_io.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/core/log.h"
 #include "coldstart/fetch/file_writer.h"
@@ -1322,18 +1323,10 @@ class LoadRun final : public LoadHandle {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return MakeSysError(Errc::kIo, path + ": cannot open", errno);
     std::string s(n, '\0');
-    std::uint64_t got = 0;
-    while (got < n) {
-      ssize_t r = ::pread(fd, s.data() + got, n - got, static_cast<off_t>(got));
-      if (r <= 0) {
-        int err = errno;
-        ::close(fd);
-        if (r == 0) return MakeError(Errc::kIntegrity, path + ": file ends inside its header");
-        return MakeSysError(Errc::kIo, path + ": read failed", err);
-      }
-      got += static_cast<std::uint64_t>(r);
-    }
+    auto got = ReadAt(fd, s.data(), n, 0, path);
     ::close(fd);
+    if (!got.ok()) return std::move(got).error();
+    if (*got != n) return MakeError(Errc::kIntegrity, path + ": file ends inside its header");
     return s;
   }
 

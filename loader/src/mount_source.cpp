@@ -1,6 +1,8 @@
 // The files and the Origin behind `coldstart mount` (see mount_source.h).
 #include "coldstart/loader/mount_source.h"
 
+#include "coldstart/core/file_io.h"
+
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -220,16 +222,8 @@ class LocalOrigin final : public cache::Origin {
     if (now.st_size != f.st.st_size || now.st_mtim.tv_sec != f.st.st_mtim.tv_sec ||
         now.st_mtim.tv_nsec != f.st.st_mtim.tv_nsec)
       return MakeError(Errc::kIntegrity, f.path + " changed since the mount listed it (remount to see the new version)");
-    std::uint64_t done = 0;
-    while (done < t.len) {
-      const ssize_t n = ::pread(f.fd, t.dst + done, static_cast<std::size_t>(t.len - done), static_cast<off_t>(t.offset + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return MakeSysError(Errc::kIo, f.path + ": read at " + std::to_string(t.offset + done) + " failed", errno);
-      }
-      if (n == 0) return MakeError(Errc::kIntegrity, f.path + " ended early (it shrank since it was listed)");
-      done += static_cast<std::uint64_t>(n);
-    }
+    CS_ASSIGN_OR_RETURN(std::size_t got, ReadAt(f.fd, t.dst, static_cast<std::size_t>(t.len), t.offset, f.path));
+    if (got != t.len) return MakeError(Errc::kIntegrity, f.path + " ended early (it shrank since it was listed)");
     *crc = Crc32c(t.dst, static_cast<std::size_t>(t.len));
     return OkStatus();
   }

@@ -19,6 +19,7 @@
 
 #include "coldstart/cache/partial_file.h"
 #include "coldstart/core/crc32c.h"
+#include "coldstart/core/file_io.h"
 #include "coldstart/core/hash.h"
 #include "coldstart/core/log.h"
 #include "coldstart/loader/mount_source.h"
@@ -103,16 +104,8 @@ bool IsSafetensorsName(const std::string& name) {
 // an HTML error page or any other body is never saved as a model.
 Status CheckSafetensorsHeader(int fd, std::uint64_t size) {
   auto read_at = [fd](void* dst, std::size_t len, std::uint64_t off) -> Status {
-    auto* p = static_cast<char*>(dst);
-    while (len > 0) {
-      ssize_t n = ::pread(fd, p, len, static_cast<off_t>(off));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return MakeSysError(Errc::kIo, "read failed", errno);
-      if (n == 0) return MakeError(Errc::kIo, "unexpected end of file");
-      p += n;
-      off += static_cast<std::uint64_t>(n);
-      len -= static_cast<std::size_t>(n);
-    }
+    CS_ASSIGN_OR_RETURN(std::size_t got, ReadAt(fd, dst, len, off, "header"));
+    if (got != len) return MakeError(Errc::kIo, "unexpected end of file");
     return OkStatus();
   };
   std::array<std::byte, 8> prefix{};
@@ -172,14 +165,8 @@ std::uint64_t FillCacheFromFile(cache::CacheEntry& e, const std::string& path) {
     auto st = e.Claim(k, &claim);
     if (!st.ok() || *st != cache::ClaimState::kClaimed) continue;
     const std::uint64_t len = e.ChunkLength(k);
-    std::uint64_t got = 0;
-    while (got < len) {
-      ssize_t n = ::pread(fd, buf.data() + got, len - got, static_cast<off_t>(e.ChunkOffset(k) + got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      got += static_cast<std::uint64_t>(n);
-    }
-    if (got != len) break;
+    auto got = ReadAt(fd, buf.data(), len, e.ChunkOffset(k), path);
+    if (!got.ok() || *got != len) break;
     if (auto f = e.Fill(std::move(claim), buf.data(), Crc32c(buf.data(), len), true); !f.ok()) {
       LogWarning("disk cache: " + f.error().ToString() + "; " + path + " is not cached");
       break;

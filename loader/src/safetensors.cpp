@@ -1,5 +1,7 @@
 #include "coldstart/loader/safetensors.h"
 
+#include "coldstart/core/file_io.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -390,16 +392,8 @@ Result<SafetensorsHeader> ReadHeaderFile(const std::string& path, FileIdentity* 
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (identity) *identity = FileIdentity::FromStat(st);
   auto read_exact = [&](void* buf, std::size_t len, off_t off) -> Status {
-    std::size_t got = 0;
-    while (got < len) {
-      ssize_t n = ::pread(fd, static_cast<char*>(buf) + got, len - got, off + static_cast<off_t>(got));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return MakeSysError(Errc::kIo, path + ": cannot read header", errno);
-      }
-      if (n == 0) return MakeError(Errc::kIntegrity, path + ": file ended inside the header (truncated while reading?)");
-      got += static_cast<std::size_t>(n);
-    }
+    CS_ASSIGN_OR_RETURN(std::size_t got, ReadAt(fd, buf, len, static_cast<std::uint64_t>(off), path + " (header)"));
+    if (got != len) return MakeError(Errc::kIntegrity, path + ": file ended inside the header (truncated while reading?)");
     return OkStatus();
   };
   std::array<std::byte, 8> prefix{};
