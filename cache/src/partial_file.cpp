@@ -19,6 +19,7 @@
 
 #include "coldstart/core/crc32c.h"
 #include "coldstart/core/file_io.h"
+#include "coldstart/core/little_endian.h"
 #include "coldstart/core/env.h"
 #include "coldstart/core/hash.h"
 
@@ -59,22 +60,6 @@ Error OpenError(const std::string& path, int err) {
   return MakeSysError(ErrcForOpen(err), path + ": cannot create", err);
 }
 
-void PutU64(unsigned char* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-void PutU32(unsigned char* p, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-std::uint64_t GetU64(const unsigned char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-std::uint32_t GetU32(const unsigned char* p) {
-  std::uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 std::string EncodeHeader(std::uint64_t size, const std::string& identity, const std::string& partial_name) {
   std::string h(kMagic, sizeof kMagic);

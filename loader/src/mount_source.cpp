@@ -295,7 +295,7 @@ Result<MountSource> OfflineSource(const std::string& source, cache::DiskCache& c
   CS_ASSIGN_OR_RETURN(auto files, CompleteRecordedListing(cache, source, why));
   MountSource out;
   out.files = std::move(files);
-  out.listing_json = *cache.LoadListing(source);
+  out.listing_json = ListingJson(source, out.files).dump();
   out.offline = true;
   out.origin = std::make_shared<UnreachableOrigin>(why);
   if (warn)

@@ -26,13 +26,9 @@ Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags) {
 }
 
 Result<std::shared_ptr<cache::DiskCache>> OpenCache(const CacheFlags& flags, const Env& env) {
-  cache::DiskCacheOptions o;
-  CS_RETURN_IF_ERROR(o.ApplyEnv(env));
-  if (!flags.dir.empty()) o.dir = flags.dir;
-  if (o.dir.empty()) {
-    if (!flags.use) return std::shared_ptr<cache::DiskCache>();
-    CS_ASSIGN_OR_RETURN(o.dir, cache::DefaultCacheDir(env));
-  }
+  // Asked for by a flag or by COLDSTART_CACHE_DIR; then the options as `cache` and `mount` make them.
+  if (!flags.use && flags.dir.empty() && !env.Get("COLDSTART_CACHE_DIR")) return std::shared_ptr<cache::DiskCache>();
+  CS_ASSIGN_OR_RETURN(auto o, MakeDiskCacheOptions(flags.dir));
   if (!flags.max_bytes.empty()) {
     auto b = ParseBytes(flags.max_bytes);
     if (!b.ok()) return std::move(b).error().WithContext("--cache-max-bytes");
