@@ -1046,7 +1046,7 @@ class LoadRun final : public LoadHandle {
     if (thread_.joinable()) thread_.join();
   }
 
-  const ModelLayout& layout() const { return host_ ? host_->layout_ : device_->layout_; }
+  const ModelLayout& layout() const override { return host_ ? host_->layout_ : device_->layout_; }
 
   Status Prepare() {
     const bool remote = opened_.remote.has_value();
@@ -1293,6 +1293,31 @@ class LoadRun final : public LoadHandle {
   bool Ready(std::string_view name) const override {
     auto t = Index(name);
     return t && state_->Ready(*t);
+  }
+  Result<Placement> Place(std::string_view name) const override {
+    auto t = Index(name);
+    if (!t) return MakeError(Errc::kNotFound, "no tensor '" + std::string(name) + "' in this load");
+    const TensorEntry& e = layout().tensors[*t];
+    Placement p;
+    p.entry = &e;
+    if (host_) {
+      const auto& h = layout().files[e.file].header;
+      p.dtype = e.dtype;
+      p.address = reinterpret_cast<std::uintptr_t>(host_->arena_.data() + file_pos_[e.file] + (e.offset - h.data_start()));
+      p.nbytes = e.nbytes;
+    } else {
+      const DeviceTensor& d = device_->tensors_[device_index_[*t]];
+      p.dtype = d.dtype;
+      p.address = d.data;
+      p.nbytes = d.nbytes;
+      p.on_device = device_->device_.kind == DeviceKind::kCuda;
+      p.device_index = device_->device_.index;
+    }
+    return p;
+  }
+  std::shared_ptr<const void> memory_owner() const override {
+    if (host_) return host_;
+    return device_;
   }
   void Cancel() override { ctl_.cancel = true; }
   Progress progress() const override {

@@ -209,6 +209,24 @@ class LoadHandle {
   virtual Status WaitEvent(std::uintptr_t event) = 0;
   virtual Status WaitAll() = 0;
   virtual bool Ready(std::string_view name) const = 0;
+  // Where a selected tensor's bytes go, fixed from the start of the load: a host address for
+  // --device cpu, else a device address. Read them only once WaitTensor/WaitLayer returned
+  // (host) or after the layer's event (device). This is what lets a runtime compute layer 0
+  // while later layers still arrive, over the load's own memory (no second copy).
+  struct Placement {
+    const TensorEntry* entry = nullptr;  // name, file dtype and shape
+    DType dtype = DType::kU8;            // dtype in memory (after --convert)
+    std::uintptr_t address = 0;
+    std::uint64_t nbytes = 0;
+    bool on_device = false;  // CUDA memory (the sim device's stand-in memory is host memory)
+    int device_index = 0;
+  };
+  // kNotFound for a tensor this load does not hold.
+  virtual Result<Placement> Place(std::string_view name) const = 0;
+  // Every tensor of the model (a filtered load holds only the selected ones: Place says).
+  virtual const ModelLayout& layout() const = 0;
+  // Shares ownership of the memory behind every Placement (the host or device model).
+  virtual std::shared_ptr<const void> memory_owner() const = 0;
   virtual void Cancel() = 0;
   struct Progress {
     std::uint64_t bytes_done = 0, bytes_total = 0;
