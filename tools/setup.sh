@@ -11,6 +11,7 @@ BUILD_PKGS=(build-essential cmake ninja-build pkg-config git
   liburing-dev libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev zlib1g-dev libzstd-dev
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev libtorch-dev
+  libsentencepiece-dev libpcre2-dev libutf8proc-dev  # runtime/'s tokenizers (coldstart::text)
   python3 python3-venv curl
   clang libclang-rt-14-dev)  # clang and libFuzzer: the fuzz targets (tests/fuzz), tested by CTest
 BENCH_PKGS=(nginx-light aria2 rclone curl time)
