@@ -5,10 +5,12 @@
 namespace coldstart {
 namespace {
 // Initialised with the other static objects of the program, before main().
-const Timeline::Clock::time_point g_process_start = Timeline::Clock::now();
+Timeline::Clock::time_point g_process_start = Timeline::Clock::now();
 }  // namespace
 
 Timeline::Clock::time_point Timeline::ProcessStart() { return g_process_start; }
+
+void Timeline::SetProcessStart(Clock::time_point t) { g_process_start = t; }
 
 double Timeline::SinceProcessStart(Clock::time_point t) {
   return std::chrono::duration<double>(t - g_process_start).count();

@@ -16,6 +16,7 @@
 #include "coldstart/loader/copy_engine.h"
 #include "coldstart/loader/remote_loader.h"
 #include "options.h"
+#include "run_model.h"
 
 namespace coldstart::cli {
 
@@ -64,9 +65,7 @@ int RunLoad(const LoadArgs& args) {
   auto mode = ParseProgressMode(args.read.progress);
   if (!mode.ok()) return ReportError(mode.error());
 
-  // dlopen'ing libtorch takes ~0.35 s: do it while the headers and bytes are being read.
-  std::future<Result<const TorchPluginApi*>> plugin_future;
-  if (args.torch) plugin_future = std::async(std::launch::async, [] { return LoadTorchPlugin(); });
+  std::shared_future<Result<const TorchPluginApi*>> plugin_future;
   ProgressPrinter bar(*mode, "load");
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
@@ -87,10 +86,29 @@ int RunLoad(const LoadArgs& args) {
                                  "--only with --device cpu reads local models only; for gs:// and http(s):// "
                                  "sources use --device sim or cuda"));
   opts->cache = *disk_cache;
-  if (remote)
-    host = loader::LoadRemoteToHost(std::move(*opened->remote), *opts, &remote_stats);
-  else
-    host = loader::LoadToHost(std::move(opened->local), *opts);
+  {
+    // The load starts first, then libtorch: its dlopen would hold up the load's threads
+    // (StartTorchAfter says why).
+    loader::OpenedModel om = std::move(opened).value();
+    auto handle = loader::StartLoad(std::move(om), loader::ToLoadOptions(*opts));
+    if (!handle.ok()) {
+      host = std::move(handle).error();
+    } else {
+      if (args.torch) plugin_future = StartTorchAfter(handle->get());
+      auto st = (*handle)->WaitAll();
+      const auto& ss = (*handle)->source_stats();
+      remote_stats.fetch = ss.fetch;
+      remote_stats.verified_crc32c = ss.all_verified;
+      remote_stats.verified_md5 = ss.verified_md5;
+      remote_stats.cache_hit_bytes = ss.cache_hit_bytes;
+      remote_stats.cache_filled_bytes = ss.cache_filled_bytes;
+      if (st.ok()) {
+        host = (*handle)->host_model();
+      } else {
+        host = std::move(st).error();
+      }
+    }
+  }
   bar.Finish();
   if (CancelRequested()) return ReportCancelled("load");
   if (!host.ok()) return ReportError(host.error());

@@ -118,6 +118,42 @@ struct CacheArgs {
   bool json = false;
 };
 
+// What `run` and `serve` share: the model, where it computes, and how it is read.
+struct ModelRunFlags {
+  std::string source;
+  std::string device = "cpu";   // cpu | cuda[:N] | sim
+  std::string dtype = "auto";   // auto | f32 | bf16
+  unsigned threads = 0;         // libtorch compute threads; 0 = one per core
+  std::string staging_bytes;    // device loads
+  ReadFlags read;
+  RemoteFlags remote;
+  CacheFlags cache;
+};
+
+struct RunArgs {
+  ModelRunFlags model;
+  std::string prompt;           // --prompt TEXT (needs the model's tokenizer)
+  std::string prompt_ids;       // --prompt-ids 2,17,200
+  bool chat = false;            // wrap --prompt in the model's chat template
+  std::int64_t max_new_tokens = 32;
+  bool ignore_eos = false;
+  double temperature = 0;       // 0: greedy
+  std::int64_t top_k = 0;
+  double top_p = 1.0;
+  std::uint64_t seed = 0;
+  bool json = false;
+};
+
+struct ServeArgs {
+  ModelRunFlags model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string model_name;       // "model" in responses; default: the source
+  std::int64_t max_new_tokens = 16;   // max_tokens of a request that gives none (OpenAI: 16)
+};
+
+int RunRun(const RunArgs& args);
+int RunServe(const ServeArgs& args);
 int RunPrefetch(const PrefetchArgs& args);
 int RunPreload(const PreloadArgs& args);
 int RunCache(const CacheArgs& args);

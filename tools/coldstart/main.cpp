@@ -57,6 +57,20 @@ std::string ClosestName(const std::string& word, const std::vector<std::string>&
   return best;
 }
 
+void AddModelRunFlags(CLI::App* cmd, coldstart::cli::ModelRunFlags* f) {
+  cmd->add_option("source", f->source, "A model folder, gs://BUCKET/PREFIX or an http(s) URL of one (config.json next to the weights)")->required();
+  cmd->add_option("--device", f->device, "Where to compute: cpu, cuda, cuda:N (sim: host compute over the stand-in device)")->capture_default_str();
+  cmd->add_option("--dtype", f->dtype, "Compute dtype: auto (bf16 on CUDA, f32 on CPU), f32, bf16")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+  cmd->add_option("--compute-threads", f->threads, "libtorch threads (0 = one per core)")->check(CLI::Range(0u, 1024u));
+  cmd->add_option("--staging-bytes", f->staging_bytes, "Staging budget for device loads, e.g. 1GiB (env COLDSTART_STAGING_BYTES)");
+  cmd->add_flag("--cache", f->cache.use, "Keep fetched objects in the disk cache and serve them from it");
+  cmd->add_option("--cache-dir", f->cache.dir, "Disk cache folder (implies --cache; env COLDSTART_CACHE_DIR)");
+  cmd->add_option("--cache-max-bytes", f->cache.max_bytes, "Cap the disk cache, e.g. 40GiB (env COLDSTART_CACHE_MAX_BYTES)");
+  AddReadFlags(cmd, &f->read);
+  AddRemoteFlags(cmd, &f->remote);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -89,6 +103,28 @@ int main(int argc, char** argv) {
   cl->add_option("--cache-max-bytes", load.cache.max_bytes, "Cap the disk cache, e.g. 40GiB: least recently used objects not in use are evicted (env COLDSTART_CACHE_MAX_BYTES)");
   AddReadFlags(cl, &load.read);
   AddRemoteFlags(cl, &load.remote);
+
+  RunArgs run;
+  auto* cr = app.add_subcommand("run", "Generate tokens from a model (Gemma 3, Gemma 2, Llama, Qwen2), computing while the weights arrive");
+  AddModelRunFlags(cr, &run.model);
+  cr->add_option("--prompt", run.prompt, "Prompt text (encoded with the model's tokenizer)");
+  cr->add_option("--prompt-ids", run.prompt_ids, "Prompt as token ids, e.g. 2,17,200 (no tokenizer needed)");
+  cr->add_flag("--chat", run.chat, "Wrap --prompt in the model's chat template (Gemma, Llama 3, Qwen2)");
+  cr->add_option("--max-new-tokens", run.max_new_tokens, "Tokens to generate at most")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cr->add_flag("--ignore-eos", run.ignore_eos, "Do not stop at the end-of-sequence token");
+  cr->add_option("--temperature", run.temperature, "0 = greedy (default); above 0 samples")->check(CLI::Range(0.0, 100.0));
+  cr->add_option("--top-k", run.top_k, "Sample among the k most likely tokens (0 = all)")->check(CLI::Range(0, 1 << 30));
+  cr->add_option("--top-p", run.top_p, "Sample within the smallest set of tokens whose probability reaches p (1 = all)")->check(CLI::Range(0.0, 1.0));
+  cr->add_option("--seed", run.seed, "Sampling seed (the same seed gives the same tokens)");
+  cr->add_flag("--json", run.json, "Print {prompt_ids, output_ids, text, top_logits, timeline, tokens_per_s}");
+
+  ServeArgs serve;
+  auto* csv = app.add_subcommand("serve", "Serve a model over HTTP: /health (503 while loading) and OpenAI-style /v1/completions");
+  AddModelRunFlags(csv, &serve.model);
+  csv->add_option("--host", serve.host, "Address to listen on (0.0.0.0 in a container)")->capture_default_str();
+  csv->add_option("--port", serve.port, "Port (0: one the kernel picks, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
+  csv->add_option("--served-model-name", serve.model_name, "\"model\" in responses (default: the source)");
+  csv->add_option("--max-new-tokens", serve.max_new_tokens, "max_tokens of a request that gives none")->capture_default_str()->check(CLI::Range(1, 1 << 20));
 
   PrefetchArgs prefetch;
   auto* cp = app.add_subcommand("prefetch", "Copy a model folder from gs:// or http(s):// to local disk, verified, as fast as the network allows");
@@ -211,6 +247,8 @@ int main(int argc, char** argv) {
   if (auto st = coldstart::ConfigureLogging(coldstart::Env::FromProcess()); !st.ok()) return ReportError(st.error());
   if (ci->parsed()) return RunInspect(inspect);
   if (cl->parsed()) return RunLoad(load);
+  if (cr->parsed()) return RunRun(run);
+  if (csv->parsed()) return RunServe(serve);
   if (cs->parsed()) return RunSynth(synth);
   if (ce->parsed()) return RunEnv();
   if (cp->parsed()) return RunPrefetch(prefetch);

@@ -1,6 +1,10 @@
 // Built into libcoldstart_torch.so: the only code of the CLI that sees libtorch.
 #include "torch_plugin.h"
 
+#include <ATen/Parallel.h>
+
+#include "coldstart/core/timeline.h"
+#include "coldstart/runtime/generator.h"
 #include "coldstart/runtime/state_dict.h"
 
 namespace {
@@ -24,7 +28,16 @@ coldstart::Result<coldstart::cli::TorchTensors> Wrap(std::shared_ptr<const colds
   }
 }
 
-const coldstart::cli::TorchPluginApi kApi{coldstart::cli::kTorchPluginAbi, &Wrap};
+std::string Version() { return coldstart::runtime::TorchVersionString(); }
+
+void SetThreads(int n) {
+  if (n > 0) at::set_num_threads(n);
+}
+
+void SetProcessStart(std::chrono::steady_clock::time_point t) { coldstart::Timeline::SetProcessStart(t); }
+
+const coldstart::cli::TorchPluginApi kApi{coldstart::cli::kTorchPluginAbi, &Wrap, &coldstart::runtime::MakeGenerator,
+                                          &Version, &SetThreads, &SetProcessStart};
 
 }  // namespace
 

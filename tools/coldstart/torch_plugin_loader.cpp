@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 
+#include "coldstart/core/timeline.h"
 #include "torch_plugin.h"
 
 namespace coldstart::cli {
@@ -18,7 +19,11 @@ Result<const TorchPluginApi*> LoadTorchPlugin() {
     std::string dir = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : std::string();
     dir = dir.substr(0, dir.rfind('/') + 1);
     const std::string path = dir + "libcoldstart_torch.so";
-    void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    // RTLD_DEEPBIND: libtorch and its protobuf bind to their own symbols first. Without it,
+    // libtorch's protobuf descriptors bind to the copies of protobuf internals that
+    // libsentencepiece (the tokenizer, linked into this executable) exports, and crash in
+    // their static initialisers.
+    void* h = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (h == nullptr) {
       const char* why = ::dlerror();
       result = MakeError(Errc::kUnavailable, "libtorch support is not available (" + std::string(why ? why : path) +
@@ -32,6 +37,7 @@ Result<const TorchPluginApi*> LoadTorchPlugin() {
       result = MakeError(Errc::kUnavailable, path + " is from another coldstart build (ABI mismatch)");
       return;
     }
+    api->set_process_start(Timeline::ProcessStart());
     result = api;  // the handle stays open for the life of the process on purpose
   });
   return result;

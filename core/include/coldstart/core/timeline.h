@@ -19,6 +19,10 @@ class Timeline {
   using Clock = std::chrono::steady_clock;
   static Clock::time_point ProcessStart();
   static double SinceProcessStart(Clock::time_point t = Clock::now());
+  // For a plugin that carries its own copy of core (libcoldstart_torch.so): its static
+  // initialisers ran at dlopen, so the executable hands over its own process start, once,
+  // before any Timeline of the plugin is used.
+  static void SetProcessStart(Clock::time_point t);
 
   // Records `phase` at `t` (now by default). The first record of a phase wins, so callers on
   // several threads may all mark "first_byte".

@@ -1,0 +1,70 @@
+// What `coldstart run` and `coldstart serve` share: start libtorch at the first instant (on a
+// thread, off the critical path), open the model, read config.json and the tokenizer while the
+// weights stream in layer order, then build the Generator over the load in progress.
+#pragma once
+
+#include <atomic>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "coldstart/core/timeline.h"
+#include "coldstart/loader/engine.h"
+#include "coldstart/runtime/config.h"
+#include "coldstart/runtime/generator.h"
+#include "coldstart/runtime/tokenizer.h"
+#include "commands.h"
+#include "torch_plugin.h"
+
+namespace coldstart::cli {
+
+// Seconds since process start when each layer arrived and when the first pass computed it.
+struct LayerTimes {
+  explicit LayerTimes(std::size_t n) : ready(n), computed(n) {
+    for (auto& v : ready) v = -1;
+    for (auto& v : computed) v = -1;
+  }
+  std::vector<std::atomic<double>> ready, computed;
+};
+
+struct RunningModel {
+  std::shared_ptr<loader::LoadHandle> load;
+  runtime::ModelConfig config;
+  runtime::ModelTextFiles files;  // config.json, generation_config.json, tokenizer files
+  std::unique_ptr<runtime::Tokenizer> tokenizer;  // null when the model folder has none
+  Error tokenizer_error;                          // why it is null
+  std::unique_ptr<runtime::Generator> generator;  // after Finish()
+  std::shared_ptr<LayerTimes> layers;
+  Timeline marks;  // "libtorch" (plugin loaded), "config", "tokenizer", "generator"
+  loader::DeviceSpec device;
+  std::string torch_version;
+  std::shared_future<Result<const TorchPluginApi*>> torch;  // libtorch loading (StartModel)
+};
+
+// Loads libtorch (the plugin) on a thread, once `load` has its threads running.
+//
+// Why not at the very first instant: while dlopen maps and relocates libtorch's ~290 libraries
+// (about 0.3 s warm), glibc holds the loader lock that pthread_create needs, so a load whose
+// reader or fetch threads start in that window waits for it (measured: the load's first byte
+// moved from 3 ms to 0.37 s on a 360 KB model). The load's threads start within a few
+// milliseconds, so waiting for its first byte (at most 50 ms) costs nothing and keeps libtorch
+// off the critical path.
+std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load);
+
+// Opens the model and starts its load (layer order, decoder tensors only), then libtorch
+// (StartTorchAfter); reads the text files and the tokenizer while both proceed. `progress` is
+// the load's progress callback (false cancels).
+Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(std::uint64_t, std::uint64_t)> progress);
+
+// Waits for libtorch, then builds the Generator over the load (returns while later layers
+// still arrive).
+Status FinishModel(RunningModel& m, const ModelRunFlags& flags);
+
+// "2,17,200" -> ids.
+Result<std::vector<std::int32_t>> ParseIdList(const std::string& text);
+
+// The generation options from the model's generation_config.json and config (EOS ids).
+std::vector<std::int64_t> EosIds(const RunningModel& m);
+
+}  // namespace coldstart::cli
