@@ -72,21 +72,33 @@ OUT_DIR = Path(__file__).resolve().parent / "fixtures" / "models"
 # Families: the current config form (what transformers 5.24 writes) and the older hub form.
 # ---------------------------------------------------------------------------------------------
 
+def common(**kwargs):
+    """What every fixture shares (3 layers, 4 heads, 2 kv heads unless overridden)."""
+    return dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **kwargs,
+    )
+
+
+GEMMA_IDS = dict(rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=True)
+LLAMA_IDS = dict(bos_token_id=1, eos_token_id=2)
+SLIDING_FULL_SLIDING = ["sliding_attention", "full_attention", "sliding_attention"]
+
+
 def gemma3_text_kwargs():
     # hidden 80: sqrt(80) = 8.944 is not a bf16 number (8.9375), so the embedding scale's rounding
     # is exercised; 4 heads x 24 = 96 != 80; query_pre_attn_scalar 16 != head_dim 24.
-    return dict(
-        vocab_size=VOCAB, hidden_size=80, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=16,
-        sliding_window=SLIDING_WINDOW,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    kwargs = common(
+        head_dim=24, query_pre_attn_scalar=16, sliding_window=SLIDING_WINDOW,
+        layer_types=SLIDING_FULL_SLIDING,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
         },
-        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1,
-        pad_token_id=0, tie_word_embeddings=True,
+        **GEMMA_IDS,
     )
+    kwargs["hidden_size"] = 80
+    return kwargs
 
 
 def gemma3_legacy_text(cfg):
@@ -118,15 +130,10 @@ def gemma3_legacy(cfg):
 
 def gemma2_kwargs():
     # Softcapping values small enough to bite with these weights (checked: "feature_effects").
-    return dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=24, query_pre_attn_scalar=32,
-        sliding_window=SLIDING_WINDOW,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        attn_logit_softcapping=2.0, final_logit_softcapping=15.0,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1,
-        pad_token_id=0, tie_word_embeddings=True,
+    return common(
+        head_dim=24, query_pre_attn_scalar=32, sliding_window=SLIDING_WINDOW,
+        layer_types=SLIDING_FULL_SLIDING, attn_logit_softcapping=2.0, final_logit_softcapping=15.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **GEMMA_IDS,
     )
 
 
@@ -143,15 +150,12 @@ def gemma2_legacy(cfg):
 def llama3_kwargs():
     # head_dim 16, theta 10000, original_max_position_embeddings 64: the 8 frequencies fall in all
     # three llama3 bands (kept / smoothed / divided by 8).
-    return dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2,
+    return common(
         rope_parameters={
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
         },
-        max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, **LLAMA_IDS,
     )
 
 
@@ -166,22 +170,18 @@ def llama_legacy(cfg):
 
 
 def llama2_kwargs():
-    return dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4,
+    kwargs = common(
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=False,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, **LLAMA_IDS,
     )
+    kwargs["num_key_value_heads"] = 4  # no GQA
+    return kwargs
 
 
 def qwen2_kwargs():
-    return dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2,
+    return common(
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
-        tie_word_embeddings=True, use_sliding_window=False,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False, **LLAMA_IDS,
     )
 
 
