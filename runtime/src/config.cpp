@@ -1,5 +1,7 @@
 #include "coldstart/runtime/config.h"
 
+#include "coldstart/runtime/generator.h"
+
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -335,6 +337,13 @@ Result<ComputeDType> ParseComputeDType(std::string_view text) {
   if (text == "f32" || text == "float32") return ComputeDType::kF32;
   if (text == "bf16" || text == "bfloat16") return ComputeDType::kBF16;
   return MakeError(Errc::kInvalidArgument, "--dtype must be auto, f32 or bf16, not '" + std::string(text) + "'");
+}
+
+Status Validate(const SamplingOptions& s) {
+  if (!(s.temperature >= 0)) return MakeError(Errc::kInvalidArgument, "--temperature must be 0 (greedy) or more");
+  if (s.top_k < 0) return MakeError(Errc::kInvalidArgument, "--top-k must be 0 (off) or more");
+  if (!(s.top_p > 0 && s.top_p <= 1)) return MakeError(Errc::kInvalidArgument, "--top-p must be in (0, 1]");
+  return OkStatus();
 }
 
 bool IsDecoderTensor(const ModelConfig& c, std::string_view name) {

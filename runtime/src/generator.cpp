@@ -12,13 +12,6 @@
 
 namespace coldstart::runtime {
 
-Status Validate(const SamplingOptions& s) {
-  if (!(s.temperature >= 0)) return MakeError(Errc::kInvalidArgument, "--temperature must be 0 (greedy) or more");
-  if (s.top_k < 0) return MakeError(Errc::kInvalidArgument, "--top-k must be 0 (off) or more");
-  if (!(s.top_p > 0 && s.top_p <= 1)) return MakeError(Errc::kInvalidArgument, "--top-p must be in (0, 1]");
-  return OkStatus();
-}
-
 std::int64_t SampleToken(const at::Tensor& logits_in, const SamplingOptions& s, at::Generator& gen) {
   at::Tensor logits = logits_in.to(at::kFloat).flatten();
   if (s.temperature <= 0) return logits.argmax().item<std::int64_t>();
