@@ -254,6 +254,10 @@ at::Tensor Model::Rope(const at::Tensor& x, const at::Tensor& cos, const at::Ten
   return x * cos + at::cat({-x2, x1}, -1) * sin;
 }
 
+double Model::embed_scale() const {
+  return config_.scale_embeddings && embed_scale_.defined() ? embed_scale_.to(at::kDouble).item<double>() : 1.0;
+}
+
 KVCache Model::NewCache(std::int64_t capacity) const {
   KVCache kv;
   kv.capacity_ = capacity;

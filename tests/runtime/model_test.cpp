@@ -112,6 +112,19 @@ TEST_P(FixtureTest, PromptLogitsMatchTransformers) {
   EXPECT_EQ(cache.length(), static_cast<std::int64_t>(prompt.size()));
 }
 
+// Gemma scales embeddings by sqrt(hidden_size) rounded to the dtype: in bf16 sqrt(80) = 8.944
+// is 8.9375, a difference the logits' bf16 tolerance alone would not catch.
+TEST_P(FixtureTest, EmbeddingScaleIsRoundedLikeTransformers) {
+  auto m = Make();
+  KVCache cache = m->NewCache(8);
+  m->Forward(at::tensor(std::vector<std::int64_t>{2}), cache, 1);
+  if (!expected_.contains("embed_scale")) {
+    EXPECT_EQ(m->embed_scale(), 1.0) << "Llama and Qwen2 do not scale embeddings";
+    return;
+  }
+  EXPECT_DOUBLE_EQ(m->embed_scale(), expected_["embed_scale"][GetParam().bf16 ? "bf16" : "f32"].get<double>());
+}
+
 TEST_P(FixtureTest, GreedyDecodingWithKVCacheMatchesTransformers) {
   auto m = Make();
   auto ids = Prompt();

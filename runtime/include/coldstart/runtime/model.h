@@ -55,6 +55,9 @@ class Model {
   // keys and values to `cache`, and returns the f32 logits of the last `logits_for` positions
   // ([logits_for, vocab]; all positions with logits_for = ids.size(0)).
   at::Tensor Forward(const at::Tensor& ids, KVCache& cache, std::int64_t logits_for = 1);
+  // sqrt(hidden_size) as the Gemma embedding scale holds it, in the compute dtype (1 when the
+  // family does not scale). Valid after the first Forward.
+  double embed_scale() const;
   // Bytes of converted weights this model holds (f32 copies of BF16 weights on CPU).
   std::uint64_t converted_bytes() const { return converted_bytes_; }
 
