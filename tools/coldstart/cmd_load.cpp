@@ -66,6 +66,14 @@ int RunLoad(const LoadArgs& args) {
   if (!mode.ok()) return ReportError(mode.error());
 
   std::shared_future<Result<const TorchPluginApi*>> plugin_future;
+  std::thread prefetch;
+  if (args.torch) prefetch = std::thread(PrefetchTorchLibraries);
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{prefetch};
   ProgressPrinter bar(*mode, "load");
   opts->progress = [&bar](std::uint64_t done, std::uint64_t total) {
     bar.Update(done, total);
@@ -94,7 +102,7 @@ int RunLoad(const LoadArgs& args) {
     if (!handle.ok()) {
       host = std::move(handle).error();
     } else {
-      if (args.torch) plugin_future = StartTorchAfter(handle->get());
+      if (args.torch) plugin_future = StartTorchAfter(handle->get(), &prefetch);
       auto st = (*handle)->WaitAll();
       const auto& ss = (*handle)->source_stats();
       remote_stats.fetch = ss.fetch;

@@ -64,7 +64,9 @@ Result<std::optional<std::string>> ReadSideFile(const fetch::Source& src, fetch:
 
 }  // namespace
 
-std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load) {
+std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load,
+                                                                  std::thread* prefetch) {
+  if (prefetch && prefetch->joinable()) prefetch->join();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
   while (load && std::chrono::steady_clock::now() < deadline) {
     auto p = load->progress();
@@ -97,6 +99,14 @@ Result<std::vector<std::int32_t>> ParseIdList(const std::string& text) {
 
 Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(std::uint64_t, std::uint64_t)> progress) {
   RunningModel m;
+  // libtorch's libraries are read ahead while the model opens (cold page cache: half the dlopen).
+  std::thread prefetch(PrefetchTorchLibraries);
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{prefetch};
   CS_ASSIGN_OR_RETURN(m.device, loader::ParseDevice(flags.device));
   CS_ASSIGN_OR_RETURN(auto dtype, runtime::ParseComputeDType(flags.dtype));
   (void)dtype;
@@ -154,7 +164,7 @@ Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(s
       layers->ready[layer] = Timeline::SinceProcessStart();
   };
   CS_ASSIGN_OR_RETURN(m.load, loader::StartLoad(std::move(opened), std::move(o)));
-  m.torch = StartTorchAfter(m.load.get());
+  m.torch = StartTorchAfter(m.load.get(), &prefetch);
 
   // While the weights stream: the tokenizer's files. Gemma's tokenizer.model makes its 33 MB
   // tokenizer.json unnecessary.

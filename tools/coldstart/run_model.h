@@ -7,6 +7,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "coldstart/core/timeline.h"
@@ -50,7 +51,10 @@ struct RunningModel {
 // moved from 3 ms to 0.37 s on a 360 KB model). The load's threads start within a few
 // milliseconds, so waiting for its first byte (at most 50 ms) costs nothing and keeps libtorch
 // off the critical path.
-std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load);
+// `prefetch`, when given, is PrefetchTorchLibraries' thread: joined first (no thread may be
+// started while dlopen runs, and the read-ahead must be asked for before it).
+std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load,
+                                                                  std::thread* prefetch = nullptr);
 
 // Opens the model and starts its load (layer order, decoder tensors only), then libtorch
 // (StartTorchAfter); reads the text files and the tokenizer while both proceed. `progress` is

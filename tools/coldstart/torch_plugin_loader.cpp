@@ -1,24 +1,46 @@
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <climits>
+#include <fstream>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "coldstart/core/timeline.h"
 #include "torch_plugin.h"
 
 namespace coldstart::cli {
+namespace {
+
+std::string ExecutableDir() {
+  char exe[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  std::string dir = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : std::string();
+  return dir.substr(0, dir.rfind('/') + 1);
+}
+
+}  // namespace
+
+void PrefetchTorchLibraries() {
+  std::ifstream deps(ExecutableDir() + "libcoldstart_torch.deps");
+  std::vector<std::string> paths = {ExecutableDir() + "libcoldstart_torch.so"};
+  for (std::string line; std::getline(deps, line);)
+    if (!line.empty() && line[0] == '/') paths.push_back(line);
+  for (const auto& path : paths) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // a library moved since the build: dlopen will say so if it matters
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    ::close(fd);
+  }
+}
 
 Result<const TorchPluginApi*> LoadTorchPlugin() {
   static std::once_flag once;
   static Result<const TorchPluginApi*> result = MakeError(Errc::kInternal, "not loaded");
   std::call_once(once, [] {
-    char exe[PATH_MAX];
-    ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
-    std::string dir = n > 0 ? std::string(exe, static_cast<std::size_t>(n)) : std::string();
-    dir = dir.substr(0, dir.rfind('/') + 1);
-    const std::string path = dir + "libcoldstart_torch.so";
+    const std::string path = ExecutableDir() + "libcoldstart_torch.so";
     // RTLD_DEEPBIND: libtorch and its protobuf bind to their own symbols first. Without it,
     // libtorch's protobuf descriptors bind to the copies of protobuf internals that
     // libsentencepiece (the tokenizer, linked into this executable) exports, and crash in
