@@ -699,6 +699,8 @@ class LocalSource final : public Source {
                                                " bytes now but its header described " + std::to_string(m_.files[i].size) +
                                                " (changed while loading?)");
     CS_ASSIGN_OR_RETURN(auto reader, fetch::SharedLocalReader(o_));
+    // Every thread this load needs exists now (see LoadHandle: "io_started").
+    if (ctl.timeline) ctl.timeline->Mark("io_started");
     std::mutex space_mu;
     std::condition_variable space_cv;
     bool space = false;
@@ -938,6 +940,7 @@ class RemoteSource final : public Source {
         }
       });
     }
+    if (ctl.timeline) ctl.timeline->Mark("io_started");
     auto st = job->Wait(&stats->fetch);
     if (!readers.empty()) {
       {

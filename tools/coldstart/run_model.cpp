@@ -67,10 +67,10 @@ Result<std::optional<std::string>> ReadSideFile(const fetch::Source& src, fetch:
 std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load,
                                                                   std::thread* prefetch) {
   if (prefetch && prefetch->joinable()) prefetch->join();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
   while (load && std::chrono::steady_clock::now() < deadline) {
-    auto p = load->progress();
-    if (p.bytes_done > 0 || p.finished || load->timeline().Has("first_byte")) break;
+    const auto& t = load->timeline();
+    if (t.Has("io_started") || t.Has("first_byte") || load->progress().finished) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return std::async(std::launch::async, [] { return LoadTorchPlugin(); }).share();

@@ -47,10 +47,10 @@ struct RunningModel {
 //
 // Why not at the very first instant: while dlopen maps and relocates libtorch's ~290 libraries
 // (about 0.3 s warm), glibc holds the loader lock that pthread_create needs, so a load whose
-// reader or fetch threads start in that window waits for it (measured: the load's first byte
-// moved from 3 ms to 0.37 s on a 360 KB model). The load's threads start within a few
-// milliseconds, so waiting for its first byte (at most 50 ms) costs nothing and keeps libtorch
-// off the critical path.
+// reader or fetch threads start in that window waits for it (measured: a run's first byte moved
+// from 3 ms to 0.37 s on a local 360 KB model, and from 0.06 s to 0.6-1.1 s from gs://). So this
+// waits for the load's "io_started" mark (its threads exist; a few ms after StartLoad), at most
+// 0.5 s.
 // `prefetch`, when given, is PrefetchTorchLibraries' thread: joined first (no thread may be
 // started while dlopen runs, and the read-ahead must be asked for before it).
 std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load,

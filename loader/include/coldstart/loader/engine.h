@@ -234,6 +234,9 @@ class LoadHandle {
     bool finished = false;
   };
   virtual Progress progress() const = 0;
+  // Marks include "io_started": every thread the load's source needs has been started (the
+  // transport's, the readers'), so a dlopen may begin without holding them up (glibc's loader
+  // lock blocks pthread_create while libraries are mapped and relocated).
   virtual const Timeline& timeline() const = 0;
   // After WaitAll() succeeded: the model (host for --device cpu, else device).
   virtual std::shared_ptr<HostModel> host_model() const = 0;
