@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "../common/temp_dir.h"
 #include "coldstart/loader/remote_loader.h"
 #include "coldstart/runtime/generator.h"
 #include "coldstart/runtime/sampling.h"
@@ -25,12 +26,7 @@ namespace fs = std::filesystem;
 
 const std::string kModels = std::string(COLDSTART_SOURCE_DIR) + "/tests/runtime/fixtures/models";
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using coldstart::testing::ReadFile;
 
 std::vector<std::string> FixtureNames() {
   std::vector<std::string> names;
@@ -54,7 +50,7 @@ std::shared_ptr<loader::LoadHandle> StartLoad(const std::string& dir, loader::De
 }
 
 ModelConfig ParseConfigOf(const std::string& dir, const loader::LoadHandle& h, json patch = json::object()) {
-  json c = json::parse(ReadText(dir + "/config.json"));
+  json c = json::parse(ReadFile(dir + "/config.json"));
   c.merge_patch(patch);
   std::vector<std::string> names;
   for (const auto& t : h.layout().tensors) names.push_back(t.name);
@@ -81,7 +77,7 @@ class FixtureTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
     dir_ = kModels + "/" + GetParam().name;
-    expected_ = json::parse(ReadText(dir_ + "/expected.json"));
+    expected_ = json::parse(ReadFile(dir_ + "/expected.json"));
     ref_ = expected_[GetParam().bf16 ? "bf16" : "f32"];
     // f32: transformers and libtorch sum in different orders (about 1e-6 relative); bf16: one
     // rounding of 2^-8 relative per op, compounded over the layers.
@@ -165,7 +161,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(AllCases()),
 // load's per-layer readiness of device copies and gives the same logits.
 TEST(ModelDevice, SimDeviceGivesTheSameLogits) {
   const std::string dir = kModels + "/gemma3";
-  auto expected = json::parse(ReadText(dir + "/expected.json"));
+  auto expected = json::parse(ReadFile(dir + "/expected.json"));
   auto load = StartLoad(dir, loader::DeviceSpec{loader::DeviceKind::kSim, 0});
   ASSERT_TRUE(load);
   ModelOptions mo;
@@ -206,7 +202,7 @@ TEST(ModelTraps, EachTrapChangesTheLogits) {
   for (const auto& t : traps) {
     SCOPED_TRACE(std::string(t.fixture) + ": " + t.what);
     const std::string dir = kModels + "/" + t.fixture;
-    auto expected = json::parse(ReadText(dir + "/expected.json"));
+    auto expected = json::parse(ReadFile(dir + "/expected.json"));
     auto load = StartLoad(dir);
     ModelOptions mo;
     mo.dtype = ComputeDType::kF32;
@@ -247,7 +243,7 @@ TEST(ModelChecks, AWrongCheckpointIsAnErrorBeforeAnyCompute) {
 
 TEST(Generator, GreedyGenerationStopsAtEosUnlessIgnored) {
   const std::string dir = kModels + "/qwen2";
-  auto expected = json::parse(ReadText(dir + "/expected.json"));
+  auto expected = json::parse(ReadFile(dir + "/expected.json"));
   const auto want = expected["f32"]["greedy_ids"].get<std::vector<std::int32_t>>();
   auto prompt = expected["prompt_ids"].get<std::vector<std::int32_t>>();
   auto load = StartLoad(dir);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../common/independent.h"
+#include "../common/exec.h"
 #include "../common/temp_dir.h"
 #include "../loader/corpus.h"
 
@@ -24,21 +25,8 @@ namespace {
 using coldstart::testing::TempDir;
 using coldstart::testing::WriteFile;
 
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
-
-Run Exec(const std::string& args, const std::string& env = "") {
-  TempDir t;
-  std::string cmd = env + " " + COLDSTART_BIN + " " + args + " >" + (t / "out") + " 2>" + (t / "err");
-  int rc = std::system(cmd.c_str());
-  Run r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
-  r.out = coldstart::testing::ReadFile(t / "out");
-  r.err = coldstart::testing::ReadFile(t / "err");
-  return r;
-}
+using coldstart::testing::Exec;
+using coldstart::testing::Run;
 
 int Lines(const std::string& s) {
   int n = 0;

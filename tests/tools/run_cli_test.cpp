@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "../common/exec.h"
 #include "../common/temp_dir.h"
 #include "coldstart/fake_gcs/server.h"
 #include "coldstart/runtime/tokenizer.h"
@@ -27,28 +28,10 @@ namespace fs = std::filesystem;
 const std::string kModels = std::string(COLDSTART_SOURCE_DIR) + "/tests/runtime/fixtures/models";
 const std::string kTokenizers = std::string(COLDSTART_SOURCE_DIR) + "/tests/runtime/fixtures/tokenizers";
 
-std::string ReadText(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+using coldstart::testing::ReadFile;
 
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
-
-Run Exec(const std::string& args, const std::string& env = "") {
-  TempDir t;
-  std::string cmd = env + " " + COLDSTART_BIN + " " + args + " >" + (t / "out") + " 2>" + (t / "err");
-  int rc = std::system(cmd.c_str());
-  Run r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
-  r.out = ReadText(t / "out");
-  r.err = ReadText(t / "err");
-  return r;
-}
+using coldstart::testing::Exec;
+using coldstart::testing::Run;
 
 std::string IdList(const json& ids) {
   std::string s;
@@ -70,7 +53,7 @@ void CopyModel(const std::string& from, const std::string& to, const std::string
 TEST(RunCli, GreedyTokensAndJsonMatchTransformers) {
   for (const std::string name : {"gemma3", "gemma2", "llama3", "qwen2", "gemma3_mm"}) {
     SCOPED_TRACE(name);
-    const auto expected = json::parse(ReadText(kModels + "/" + name + "/expected.json"));
+    const auto expected = json::parse(ReadFile(kModels + "/" + name + "/expected.json"));
     for (const std::string dtype : {"f32", "bf16"}) {
       auto r = Exec("run " + kModels + "/" + name + " --prompt-ids " + IdList(expected["prompt_ids"]) +
                     " --max-new-tokens 8 --ignore-eos --json --dtype " + dtype);
@@ -110,7 +93,7 @@ TEST(RunCli, PromptTextGoesThroughTheModelsTokenizerAndStreamsText) {
   CopyModel(kModels + "/gemma3", d / "m", kTokenizers + "/gemma");
   // A prompt whose ids fit the tiny model's 512-token vocabulary.
   coldstart::runtime::ModelTextFiles files;
-  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "config.json"}) files[f] = ReadText(d / "m" + "/" + f);
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "config.json"}) files[f] = ReadFile(d / "m" + "/" + f);
   auto tok = coldstart::runtime::LoadTokenizer(files);
   ASSERT_TRUE(tok.ok()) << tok.error().ToString();
   std::string prompt;
@@ -172,7 +155,7 @@ TEST(RunCli, ErrorsAreOneLineWithTheRightExitCode) {
   EXPECT_NE(r.err.find("no config.json"), std::string::npos) << r.err;
   // An architecture we do not run.
   CopyModel(kModels + "/llama2", d / "mistral");
-  auto cfg = json::parse(ReadText(d / "mistral" + "/config.json"));
+  auto cfg = json::parse(ReadFile(d / "mistral" + "/config.json"));
   cfg["model_type"] = "mistral";
   cfg["architectures"] = {"MistralForCausalLM"};
   coldstart::testing::WriteFile(d / "mistral" + "/config.json", cfg.dump());
@@ -199,7 +182,7 @@ TEST(RunCli, ErrorsAreOneLineWithTheRightExitCode) {
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   // A shape that does not match config.json.
   CopyModel(kModels + "/llama2", d / "wrong");
-  cfg = json::parse(ReadText(d / "wrong" + "/config.json"));
+  cfg = json::parse(ReadFile(d / "wrong" + "/config.json"));
   cfg["intermediate_size"] = cfg["intermediate_size"].get<int>() + 1;
   coldstart::testing::WriteFile(d / "wrong" + "/config.json", cfg.dump());
   r = Exec("run " + (d / "wrong") + " --prompt-ids 1,2");
@@ -215,7 +198,7 @@ TEST(RunCli, RemoteSourceThroughTheDiskCache) {
   auto server = coldstart::fakegcs::Server::Start(o);
   ASSERT_TRUE(server.ok()) << server.error().message;
   const std::string env = "STORAGE_EMULATOR_HOST=" + (*server)->endpoint() + " COLDSTART_METADATA=off";
-  const auto expected = json::parse(ReadText(kModels + "/qwen2/expected.json"));
+  const auto expected = json::parse(ReadFile(kModels + "/qwen2/expected.json"));
   for (int pass = 0; pass < 2; ++pass) {
     auto r = Exec("run gs://bkt/qwen2 --cache-dir " + cache.path() + " --prompt-ids " + IdList(expected["prompt_ids"]) +
                       " --max-new-tokens 8 --ignore-eos --json",
@@ -241,7 +224,7 @@ class Served {
     }
     for (int i = 0; i < 3000 && port_ == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      const std::string err = ReadText(err_path_);
+      const std::string err = ReadFile(err_path_);
       const auto p = err.find("listening on http://127.0.0.1:");
       if (p != std::string::npos) port_ = std::atoi(err.c_str() + p + 30);
     }
@@ -253,7 +236,7 @@ class Served {
     }
   }
   int port() const { return port_; }
-  std::string err() const { return ReadText(err_path_); }
+  std::string err() const { return ReadFile(err_path_); }
   int Stop() {
     ::kill(pid_, SIGTERM);
     int status = 0;
@@ -308,7 +291,7 @@ TEST(ServeCli, HealthIs503WhileLoadingThenCompletionsMatchRun) {
   EXPECT_EQ(seen.front(), 503) << "health answered before the load started";
   EXPECT_EQ(seen.back(), 200) << s.err();
 
-  const auto expected = json::parse(ReadText(kModels + "/gemma2/expected.json"));
+  const auto expected = json::parse(ReadFile(kModels + "/gemma2/expected.json"));
   json req{{"prompt", expected["prompt_ids"]}, {"max_tokens", 8}, {"temperature", 0}, {"ignore_eos", true}};
   auto r = c.Post("/v1/completions", req.dump(), "application/json");
   ASSERT_TRUE(r);
