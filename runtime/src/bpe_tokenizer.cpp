@@ -314,15 +314,19 @@ std::string TypeOf(const json& j) {
   return it != j.end() && it->is_string() ? it->get<std::string>() : "(no type)";
 }
 
-Status ParseNormalizer(const json& root, ByteLevelBpe* tok, bool* nfc) {
-  auto it = root.find("normalizer");
-  if (it == root.end() || it->is_null()) return OkStatus();
-  std::vector<json> list{*it};
-  if (TypeOf(*it) == "Sequence") {
-    auto inner = it->find("normalizers");
-    if (inner == it->end() || !inner->is_array()) return FormatError("normalizer Sequence without a list");
-    list.assign(inner->begin(), inner->end());
-  }
+// The steps of root[key]: none when absent or null, its own list when it is a Sequence
+// (root[key][list_key]), else itself.
+Result<std::vector<json>> Steps(const json& root, const char* key, const char* list_key) {
+  auto it = root.find(key);
+  if (it == root.end() || it->is_null()) return std::vector<json>();
+  if (TypeOf(*it) != "Sequence") return std::vector<json>{*it};
+  auto inner = it->find(list_key);
+  if (inner == it->end() || !inner->is_array()) return FormatError(std::string(key) + " Sequence without a list");
+  return std::vector<json>(inner->begin(), inner->end());
+}
+
+Status ParseNormalizer(const json& root, bool* nfc) {
+  CS_ASSIGN_OR_RETURN(auto list, Steps(root, "normalizer", "normalizers"));
   for (const auto& n : list) {
     if (TypeOf(n) != "NFC") return Unsupported("normalizer " + TypeOf(n) + " (supported: none, NFC)");
     *nfc = true;
@@ -331,15 +335,8 @@ Status ParseNormalizer(const json& root, ByteLevelBpe* tok, bool* nfc) {
 }
 
 Status ParsePreTokenizer(const json& root, std::vector<Regex>* splits) {
-  auto it = root.find("pre_tokenizer");
-  if (it == root.end() || it->is_null())
-    return Unsupported("tokenizer without a ByteLevel pre-tokenizer (not a byte-level BPE)");
-  std::vector<json> list{*it};
-  if (TypeOf(*it) == "Sequence") {
-    auto inner = it->find("pretokenizers");
-    if (inner == it->end() || !inner->is_array()) return FormatError("pre_tokenizer Sequence without a list");
-    list.assign(inner->begin(), inner->end());
-  }
+  CS_ASSIGN_OR_RETURN(auto list, Steps(root, "pre_tokenizer", "pretokenizers"));
+  if (list.empty()) return Unsupported("tokenizer without a ByteLevel pre-tokenizer (not a byte-level BPE)");
   for (std::size_t i = 0; i < list.size(); ++i) {
     const json& p = list[i];
     const std::string type = TypeOf(p);
@@ -365,12 +362,12 @@ Status ParsePreTokenizer(const json& root, std::vector<Regex>* splits) {
       return Unsupported("pre-tokenizer " + type + " (supported: Split with a regex, ByteLevel)");
     }
   }
-  if (TypeOf(list.empty() ? json() : list.back()) != "ByteLevel")
+  if (TypeOf(list.back()) != "ByteLevel")
     return Unsupported("pre-tokenizer without ByteLevel last (not a byte-level BPE)");
   return OkStatus();
 }
 
-Status ParseAddedTokens(const json& root, ByteLevelBpe* tok, std::vector<AddedToken>* raw,
+Status ParseAddedTokens(const json& root, std::vector<AddedToken>* raw,
                         std::vector<AddedToken>* normalized, std::vector<AddedToken>* all) {
   auto it = root.find("added_tokens");
   if (it == root.end() || it->is_null()) return OkStatus();
@@ -434,14 +431,7 @@ Status ParseTemplate(const json& p, std::vector<std::int32_t>* prefix, std::vect
 }
 
 Status ParsePostProcessor(const json& root, std::vector<std::int32_t>* prefix, std::vector<std::int32_t>* suffix) {
-  auto it = root.find("post_processor");
-  if (it == root.end() || it->is_null()) return OkStatus();
-  std::vector<json> list{*it};
-  if (TypeOf(*it) == "Sequence") {
-    auto inner = it->find("processors");
-    if (inner == it->end() || !inner->is_array()) return FormatError("post_processor Sequence without a list");
-    list.assign(inner->begin(), inner->end());
-  }
+  CS_ASSIGN_OR_RETURN(auto list, Steps(root, "post_processor", "processors"));
   bool have_template = false;
   for (const auto& p : list) {
     const std::string type = TypeOf(p);
@@ -476,7 +466,7 @@ Result<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(std::string_view text, const
     if (!im->is_boolean()) return FormatError("model.ignore_merges is not a boolean");
     tok->ignore_merges_ = im->get<bool>();
   }
-  CS_RETURN_IF_ERROR(ParseNormalizer(root, tok.get(), &tok->nfc_));
+  CS_RETURN_IF_ERROR(ParseNormalizer(root, &tok->nfc_));
   CS_RETURN_IF_ERROR(ParsePreTokenizer(root, &tok->splits_));
   {
     auto dec = root.find("decoder");
@@ -497,7 +487,7 @@ Result<std::unique_ptr<Tokenizer>> LoadByteLevelBpe(std::string_view text, const
     text_ids[token] = static_cast<std::int32_t>(id.get<std::int64_t>());
   }
   std::vector<AddedToken> raw, normalized, added;
-  CS_RETURN_IF_ERROR(ParseAddedTokens(root, tok.get(), &raw, &normalized, &added));
+  CS_RETURN_IF_ERROR(ParseAddedTokens(root, &raw, &normalized, &added));
   for (const auto& a : added) max_id = std::max<std::int64_t>(max_id, a.id);
   tok->id_bytes_.resize(static_cast<std::size_t>(max_id + 1));
   tok->id_kind_.assign(static_cast<std::size_t>(max_id + 1), IdKind::kNone);

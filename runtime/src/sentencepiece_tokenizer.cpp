@@ -70,43 +70,50 @@ class WireReader {
   std::size_t pos_ = 0;
 };
 
-Result<ProtoInfo> ReadProto(std::string_view bytes) {
-  ProtoInfo info;
-  WireReader model(bytes);
-  while (!model.done()) {
+// Calls on_field(number, wire type, varint value, payload) for each field of a message; false
+// when the message is malformed or on_field returns false.
+template <typename OnField>
+bool ForEachField(std::string_view message, OnField&& on_field) {
+  WireReader reader(message);
+  while (!reader.done()) {
     std::uint32_t number = 0, wire = 0;
     std::uint64_t value = 0;
     std::string_view payload;
-    if (!model.Field(&number, &wire, &value, &payload)) return ModelError("truncated or not a SentencePiece model");
+    if (!reader.Field(&number, &wire, &value, &payload) || !on_field(number, wire, value, payload)) return false;
+  }
+  return true;
+}
+
+Result<ProtoInfo> ReadProto(std::string_view bytes) {
+  ProtoInfo info;
+  std::string bad_piece;  // why a piece was refused
+  const bool ok = ForEachField(bytes, [&](std::uint32_t number, std::uint32_t wire, std::uint64_t, std::string_view payload) {
     if (number == 1 && wire == 2) {
       std::string piece;
       PieceType type = kNormal;
-      WireReader sub(payload);
-      while (!sub.done()) {
-        std::uint32_t n = 0, w = 0;
-        std::uint64_t v = 0;
-        std::string_view p;
-        if (!sub.Field(&n, &w, &v, &p)) return ModelError("malformed piece " + std::to_string(info.pieces.size()));
+      const bool piece_ok = ForEachField(payload, [&](std::uint32_t n, std::uint32_t w, std::uint64_t v, std::string_view p) {
         if (n == 1 && w == 2) piece = std::string(p);
         if (n == 3 && w == 0) {
-          if (v < kNormal || v > kByte)
-            return ModelError("piece " + std::to_string(info.pieces.size()) + " has unknown type " + std::to_string(v));
+          if (v < kNormal || v > kByte) return false;
           type = static_cast<PieceType>(v);
         }
+        return true;
+      });
+      if (!piece_ok) {
+        bad_piece = "piece " + std::to_string(info.pieces.size()) + " is malformed or has an unknown type";
+        return false;
       }
       info.pieces.emplace_back(std::move(piece), type);
     } else if (number == 3 && wire == 2) {
-      WireReader sub(payload);
-      while (!sub.done()) {
-        std::uint32_t n = 0, w = 0;
-        std::uint64_t v = 0;
-        std::string_view p;
-        if (!sub.Field(&n, &w, &v, &p)) return ModelError("malformed normalizer_spec");
+      return ForEachField(payload, [&](std::uint32_t n, std::uint32_t w, std::uint64_t v, std::string_view) {
         if (n == 3 && w == 0) info.add_dummy_prefix = v != 0;
         if (n == 4 && w == 0) info.remove_extra_whitespaces = v != 0;
-      }
+        return true;
+      });
     }
-  }
+    return true;
+  });
+  if (!ok) return ModelError(bad_piece.empty() ? "truncated or not a SentencePiece model" : bad_piece);
   if (info.pieces.empty()) return ModelError("no pieces (truncated or not a SentencePiece model)");
   return info;
 }

@@ -139,7 +139,12 @@ CASES = [
     "<eos><pad><unk><mask>", "<|im_start|<|im_start|>>",
 ]
 
-CHAT_PROMPTS = ["Hello!", "  What is 2+2?\n", "日本語で答えて 🦙", "Write <b>bold</b> text."]
+CHAT_PROMPTS = ["Hello!", "  What is 2+2?\n", "日本語で答えて 🦙", "Write <b>bold</b> text.", "\u3000\u00a0hi\x1c\u2029"]
+
+# Added-token flags the real files leave off (lstrip, rstrip, single_word), on a copy of the
+# Qwen2 tokenizer: <|im_start|> strips both sides, <|im_end|> matches only as a single word.
+FLAG_CASES = ["a  <|im_start|> \n b", "x<|im_end|>y", "x <|im_end|> y", "<|im_end|>", "é<|im_end|>", "_<|im_end|>",
+              "<|im_end|>.", " <|im_start|>", "<|im_start|>   ", "a <|im_start|><|im_start|> b", "\u3000<|im_start|>\u00a0x"]
 
 
 def write_json(name, obj):
@@ -241,6 +246,14 @@ def qwen2():
     os.makedirs(os.path.join(OUT, "gpt2"), exist_ok=True)
     gpt2.save(os.path.join(OUT, "gpt2", "tokenizer.json"))
     gpt2_cases = [{"text": t, "ids": gpt2.encode(t).ids} for t in CASES]
+    root = json.loads(tok.to_str())
+    for a in root["added_tokens"]:
+        if a["content"] == "<|im_start|>":
+            a["lstrip"] = a["rstrip"] = True
+        if a["content"] == "<|im_end|>":
+            a["single_word"] = True
+    flagged = Tokenizer.from_str(json.dumps(root))
+    data["flag_cases"] = [{"text": t, "ids": flagged.encode(t).ids} for t in FLAG_CASES]
     return data, {"cases": gpt2_cases}
 
 
