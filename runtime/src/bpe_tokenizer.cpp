@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <deque>
 #include <queue>
 #include <unordered_map>
 
@@ -188,7 +189,9 @@ Result<std::vector<std::int32_t>> ByteLevelBpe::Encode(std::string_view text, bo
   // Words repeat: a per-call cache of word -> ids halves the time on prose. Per call, so
   // Encode stays const and thread safe without a lock.
   Cache cache;
-  std::vector<std::string> normalized_storage;  // keeps the NFC strings the cache points into
+  // Keeps the NFC strings the cache's keys point into: a deque, so adding one never moves the
+  // others (a vector's reallocation moved short strings' inline bytes; ASan caught it).
+  std::deque<std::string> normalized_storage;
   for (const TextSegment& seg : raw_added_.Split(text)) {
     if (seg.token >= 0) {
       ids.push_back(seg.token);
