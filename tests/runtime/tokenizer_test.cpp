@@ -12,6 +12,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 namespace coldstart::runtime {
 namespace {
@@ -330,6 +331,27 @@ TEST(BpeTest, PathologicalRunsRoundTrip) {
       EXPECT_TRUE(*tok->Decode(*ids) == text) << name << " text of " << text.size() << " bytes";
       auto [streamed, empty] = Stream(*tok, *ids, true);
       EXPECT_TRUE(streamed == text) << name;
+    }
+  }
+}
+
+TEST(TokenizerTest, EncodeFromSeveralThreads) {
+  // A loaded tokenizer is immutable: concurrent Encode/Decode calls agree with serial ones.
+  for (const char* name : {"qwen2", "gemma"}) {
+    auto tok = MustLoad(FixtureFiles(name));
+    ASSERT_TRUE(tok);
+    const auto& cases = Expected()[name]["cases"];
+    std::vector<std::vector<std::vector<std::int32_t>>> got(4);
+    std::vector<std::thread> threads;
+    for (auto& out : got)
+      threads.emplace_back([&, out = &out] {
+        for (int round = 0; round < 5; ++round)
+          for (const auto& c : cases) out->push_back(tok->Encode(c["text"].get<std::string>()).value());
+      });
+    for (auto& t : threads) t.join();
+    for (const auto& out : got) {
+      ASSERT_EQ(out.size(), 5 * cases.size());
+      for (std::size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], Ids(cases[i % cases.size()]["ids"])) << name;
     }
   }
 }
