@@ -6,6 +6,7 @@
 #include <sentencepiece_processor.h>
 
 #include <cstring>
+#include <set>
 
 #include "text_internal.h"
 
@@ -175,7 +176,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   sentencepiece::SentencePieceProcessor sp_;
   ProtoInfo info_;
   std::vector<std::string> bytes_;  // what each id decodes to
-  std::vector<bool> special_;       // control, unknown and user-defined pieces
+  std::vector<bool> special_;       // control, unknown and the special user-defined pieces
   AddedTokenMatcher specials_;
   bool add_bos_ = true, add_eos_ = false;
   std::optional<std::int32_t> bos_;
@@ -211,39 +212,55 @@ Result<std::unique_ptr<Tokenizer>> LoadSentencePiece(std::string_view model_prot
   if (static_cast<std::size_t>(tok->sp_.GetPieceSize()) != pieces.size())
     return ModelError("sentencepiece and the proto disagree on the number of pieces");
 
+  // Which user-defined pieces are special (skipped by Decode(skip_special)): those
+  // tokenizer_config.json's added_tokens_decoder marks so. Gemma's vocabulary also has
+  // user-defined pieces that are plain text ("<table>", whitespace runs). Without that list,
+  // only the turn markers.
+  std::set<std::string, std::less<>> special_user_pieces = {"<start_of_turn>", "<end_of_turn>"};
+  if (auto decoder = configs.tokenizer_config.find("added_tokens_decoder");
+      decoder != configs.tokenizer_config.end() && !decoder->is_null()) {
+    if (!decoder->is_object()) return MakeError(Errc::kFormat, "tokenizer_config.json: added_tokens_decoder is not an object");
+    special_user_pieces.clear();
+    for (const auto& [id, entry] : decoder->items()) {
+      auto content = entry.find("content");
+      auto special = entry.find("special");
+      if (!entry.is_object() || content == entry.end() || !content->is_string() ||
+          (special != entry.end() && !special->is_boolean()))
+        return MakeError(Errc::kFormat, "tokenizer_config.json: added_tokens_decoder entry " + id +
+                                            " has no string content or a non-boolean special");
+      if (special != entry.end() && special->get<bool>()) special_user_pieces.insert(content->get<std::string>());
+    }
+  }
+
   static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
-  std::vector<AddedToken> specials;
+  std::vector<AddedToken> specials;  // matched in the text before sentencepiece sees it
   tok->bytes_.resize(pieces.size());
   tok->special_.assign(pieces.size(), false);
   for (std::size_t id = 0; id < pieces.size(); ++id) {
     const auto& [piece, type] = pieces[id];
-    switch (type) {
-      case kControl:
-      case kUnknown:
-      case kUserDefined:
-        tok->special_[id] = true;
-        if (!piece.empty()) specials.push_back({piece, static_cast<std::int32_t>(id), true});
-        break;
-      case kByte: {
-        const int hi = piece.size() == 6 ? HexDigit(piece[3]) : -1, lo = piece.size() == 6 ? HexDigit(piece[4]) : -1;
-        if (piece.compare(0, 3, "<0x") != 0 || hi < 0 || lo < 0 || piece[5] != '>')
-          return ModelError("byte piece " + std::to_string(id) + " is not <0xXX>: " + piece);
-        tok->bytes_[id] = std::string(1, static_cast<char>(hi * 16 + lo));
-        break;
-      }
-      default: {
-        std::string text;
-        for (std::size_t i = 0; i < piece.size();) {
-          if (piece.compare(i, kSpace.size(), kSpace) == 0) {
-            text.push_back(' ');
-            i += kSpace.size();
-          } else {
-            text.push_back(piece[i++]);
-          }
-        }
-        tok->bytes_[id] = std::move(text);
+    if (type == kByte) {
+      const int hi = piece.size() == 6 ? HexDigit(piece[3]) : -1, lo = piece.size() == 6 ? HexDigit(piece[4]) : -1;
+      if (piece.compare(0, 3, "<0x") != 0 || hi < 0 || lo < 0 || piece[5] != '>')
+        return ModelError("byte piece " + std::to_string(id) + " is not <0xXX>: " + piece);
+      tok->bytes_[id] = std::string(1, static_cast<char>(hi * 16 + lo));
+      continue;
+    }
+    if (type == kControl || type == kUnknown || type == kUserDefined) {
+      tok->special_[id] = type != kUserDefined || special_user_pieces.contains(piece);
+      if (!piece.empty()) specials.push_back({piece, static_cast<std::int32_t>(id), tok->special_[id]});
+      if (tok->special_[id]) continue;
+    }
+    // Normal, unused and plain-text user-defined pieces: SentencePiece's space becomes ' '.
+    std::string text;
+    for (std::size_t i = 0; i < piece.size();) {
+      if (piece.compare(i, kSpace.size(), kSpace) == 0) {
+        text.push_back(' ');
+        i += kSpace.size();
+      } else {
+        text.push_back(piece[i++]);
       }
     }
+    tok->bytes_[id] = std::move(text);
   }
   tok->specials_ = AddedTokenMatcher(std::move(specials));
   CS_ASSIGN_OR_RETURN(tok->add_bos_, ConfigFlag(configs, "add_bos_token", true));

@@ -136,7 +136,7 @@ CASES = [
     "supercalifragilisticexpialidocious" * 12, "a" * 300, "<|begin_of_text|>Hi<|eot_id|>",
     "<|start_header_id|>user<|end_header_id|>\n\nhello", "a<|end_of_text|>b",
     "<|im_start|>user\nhi<|im_end|>\n", "x <|endoftext|> y", "<bos><start_of_turn>user\nhi<end_of_turn>\n",
-    "<eos><pad><unk><mask>", "<|im_start|<|im_start|>>",
+    "<eos><pad><unk><mask>", "<|im_start|<|im_start|>>", "<h1>Title</h1>\n\n\n\n<table> <unused7>",
 ]
 
 CHAT_PROMPTS = ["Hello!", "  What is 2+2?\n", "日本語で答えて 🦙", "Write <b>bold</b> text.", "\u3000\u00a0hi\x1c\u2029"]
@@ -259,6 +259,9 @@ def qwen2():
 
 GEMMA_USER_SYMBOLS = (["<mask>", "[@BOS@]"] + [f"<unused{i}>" for i in range(100)] +
                       ["<start_of_turn>", "<end_of_turn>"])
+# Real Gemma vocabularies also hold user-defined pieces that are ordinary text (HTML tags,
+# whitespace runs): added tokens with "special": false, never skipped when decoding.
+GEMMA_TEXT_SYMBOLS = ["<h1>", "</h1>", "<table>", "\n\n\n"]
 
 
 def gemma():
@@ -269,7 +272,7 @@ def gemma():
         byte_fallback=True, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True, normalization_rule_name="identity", character_coverage=0.9995,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-        unk_piece="<unk>", user_defined_symbols=GEMMA_USER_SYMBOLS, num_threads=1, seed_sentencepiece_size=100000,
+        unk_piece="<unk>", user_defined_symbols=GEMMA_USER_SYMBOLS + GEMMA_TEXT_SYMBOLS, num_threads=1, seed_sentencepiece_size=100000,
         minloglevel=2)
     model = buf.getvalue()
     os.makedirs(os.path.join(OUT, "gemma"), exist_ok=True)
@@ -278,7 +281,9 @@ def gemma():
     sp = spm.SentencePieceProcessor(model_proto=model)
     special = {i for i in range(sp.get_piece_size())
                if sp.is_control(i) or sp.is_unknown(i) or sp.id_to_piece(i) in GEMMA_USER_SYMBOLS}
-    by_len = sorted((sp.id_to_piece(i) for i in special), key=len, reverse=True)
+    text_symbols = {sp.piece_to_id(p) for p in GEMMA_TEXT_SYMBOLS}
+    # Matched in the text: all added tokens, special or not.
+    by_len = sorted((sp.id_to_piece(i) for i in special | text_symbols), key=len, reverse=True)
 
     # What the model's tokenizer does (transformers' GemmaTokenizer): special pieces written in the
     # text are matched first (leftmost, longest), the text between them goes to sentencepiece.
@@ -327,8 +332,8 @@ def gemma():
         "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,
         "tokenizer_class": "GemmaTokenizer", "sp_model_kwargs": {},
         "added_tokens_decoder": {str(i): {"content": sp.id_to_piece(i), "lstrip": False, "normalized": False,
-                                          "rstrip": False, "single_word": False, "special": True}
-                                 for i in sorted(special)}})
+                                          "rstrip": False, "single_word": False, "special": i in special}
+                                 for i in sorted(special | text_symbols)}})
     write_json("gemma/config.json", {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
                                      "bos_token_id": 2, "eos_token_id": [1, eot], "pad_token_id": 0})
     write_json("gemma/generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, eot], "pad_token_id": 0})
