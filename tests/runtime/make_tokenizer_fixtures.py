@@ -23,6 +23,7 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tokenizers")
+FUZZ_SEEDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "seeds", "tokenizer")
 SEED = 20261203
 VOCAB = 1000
 
@@ -342,8 +343,31 @@ def gemma():
             "kind": "sentencepiece", "vocab_size": sp.get_piece_size()}
 
 
+def fuzz_seeds():
+    # tests/fuzz/fuzz_tokenizer.cpp: a first byte below 0x80 means text, from 0x80 a tokenizer.json.
+    os.makedirs(FUZZ_SEEDS, exist_ok=True)
+    for i, text in enumerate(["Hello world", CASES[12], CASES[22], CASES[-2], CASES[23]]):
+        with open(os.path.join(FUZZ_SEEDS, f"text-{i}"), "wb") as f:
+            f.write(b"\x00" + text.encode("utf-8"))
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TRAIN_TEXT.split("\n")[:6], trainers.BpeTrainer(
+        vocab_size=290, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|im_end|>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    compact = json.dumps(json.loads(tok.to_str()), ensure_ascii=False, separators=(",", ":"))
+    with open(os.path.join(FUZZ_SEEDS, "bpe-tiny.json"), "wb") as f:
+        f.write(b"\x80" + compact.encode("utf-8"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    fuzz_seeds()
     llama = llama3()
     qwen, gpt2 = qwen2()
     expected = {"generator": {"tokenizers": tokenizers.__version__, "sentencepiece": spm.__version__,
