@@ -213,6 +213,17 @@ TEST(BpeTest, IgnoreMergesTakesWholeWordsFromTheVocabulary) {
   }
 }
 
+TEST(BpeTest, TokenIdTakesTheTokensText) {
+  auto files = FixtureFiles("llama3");
+  const json root = json::parse(files["tokenizer.json"]);
+  auto tok = MustLoad(files);
+  ASSERT_TRUE(tok);
+  EXPECT_EQ(tok->TokenId(" "), root["model"]["vocab"]["\xC4\xA0"].get<std::int32_t>());  // "Ġ"
+  EXPECT_EQ(tok->TokenId("\n"), root["model"]["vocab"]["\xC4\x8A"].get<std::int32_t>());  // "Ċ"
+  EXPECT_EQ(tok->TokenId("<|eot_id|>"), Expected()["llama3"]["eos_ids"][1].get<std::int32_t>());
+  EXPECT_EQ(tok->TokenId("no such token here"), std::nullopt);
+}
+
 TEST(BpeTest, QwenNormalizesToNfc) {
   auto tok = MustLoad(FixtureFiles("qwen2"));
   ASSERT_TRUE(tok);
