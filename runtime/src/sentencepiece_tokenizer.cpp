@@ -6,6 +6,7 @@
 #include <sentencepiece_processor.h>
 
 #include <cstring>
+#include <set>
 
 #include "text_internal.h"
 
@@ -70,43 +71,50 @@ class WireReader {
   std::size_t pos_ = 0;
 };
 
-Result<ProtoInfo> ReadProto(std::string_view bytes) {
-  ProtoInfo info;
-  WireReader model(bytes);
-  while (!model.done()) {
+// Calls on_field(number, wire type, varint value, payload) for each field of a message; false
+// when the message is malformed or on_field returns false.
+template <typename OnField>
+bool ForEachField(std::string_view message, OnField&& on_field) {
+  WireReader reader(message);
+  while (!reader.done()) {
     std::uint32_t number = 0, wire = 0;
     std::uint64_t value = 0;
     std::string_view payload;
-    if (!model.Field(&number, &wire, &value, &payload)) return ModelError("truncated or not a SentencePiece model");
+    if (!reader.Field(&number, &wire, &value, &payload) || !on_field(number, wire, value, payload)) return false;
+  }
+  return true;
+}
+
+Result<ProtoInfo> ReadProto(std::string_view bytes) {
+  ProtoInfo info;
+  std::string bad_piece;  // why a piece was refused
+  const bool ok = ForEachField(bytes, [&](std::uint32_t number, std::uint32_t wire, std::uint64_t, std::string_view payload) {
     if (number == 1 && wire == 2) {
       std::string piece;
       PieceType type = kNormal;
-      WireReader sub(payload);
-      while (!sub.done()) {
-        std::uint32_t n = 0, w = 0;
-        std::uint64_t v = 0;
-        std::string_view p;
-        if (!sub.Field(&n, &w, &v, &p)) return ModelError("malformed piece " + std::to_string(info.pieces.size()));
+      const bool piece_ok = ForEachField(payload, [&](std::uint32_t n, std::uint32_t w, std::uint64_t v, std::string_view p) {
         if (n == 1 && w == 2) piece = std::string(p);
         if (n == 3 && w == 0) {
-          if (v < kNormal || v > kByte)
-            return ModelError("piece " + std::to_string(info.pieces.size()) + " has unknown type " + std::to_string(v));
+          if (v < kNormal || v > kByte) return false;
           type = static_cast<PieceType>(v);
         }
+        return true;
+      });
+      if (!piece_ok) {
+        bad_piece = "piece " + std::to_string(info.pieces.size()) + " is malformed or has an unknown type";
+        return false;
       }
       info.pieces.emplace_back(std::move(piece), type);
     } else if (number == 3 && wire == 2) {
-      WireReader sub(payload);
-      while (!sub.done()) {
-        std::uint32_t n = 0, w = 0;
-        std::uint64_t v = 0;
-        std::string_view p;
-        if (!sub.Field(&n, &w, &v, &p)) return ModelError("malformed normalizer_spec");
+      return ForEachField(payload, [&](std::uint32_t n, std::uint32_t w, std::uint64_t v, std::string_view) {
         if (n == 3 && w == 0) info.add_dummy_prefix = v != 0;
         if (n == 4 && w == 0) info.remove_extra_whitespaces = v != 0;
-      }
+        return true;
+      });
     }
-  }
+    return true;
+  });
+  if (!ok) return ModelError(bad_piece.empty() ? "truncated or not a SentencePiece model" : bad_piece);
   if (info.pieces.empty()) return ModelError("no pieces (truncated or not a SentencePiece model)");
   return info;
 }
@@ -168,7 +176,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   sentencepiece::SentencePieceProcessor sp_;
   ProtoInfo info_;
   std::vector<std::string> bytes_;  // what each id decodes to
-  std::vector<bool> special_;       // control, unknown and user-defined pieces
+  std::vector<bool> special_;       // control, unknown and the special user-defined pieces
   AddedTokenMatcher specials_;
   bool add_bos_ = true, add_eos_ = false;
   std::optional<std::int32_t> bos_;
@@ -204,39 +212,55 @@ Result<std::unique_ptr<Tokenizer>> LoadSentencePiece(std::string_view model_prot
   if (static_cast<std::size_t>(tok->sp_.GetPieceSize()) != pieces.size())
     return ModelError("sentencepiece and the proto disagree on the number of pieces");
 
+  // Which user-defined pieces are special (skipped by Decode(skip_special)): those
+  // tokenizer_config.json's added_tokens_decoder marks so. Gemma's vocabulary also has
+  // user-defined pieces that are plain text ("<table>", whitespace runs). Without that list,
+  // only the turn markers.
+  std::set<std::string, std::less<>> special_user_pieces = {"<start_of_turn>", "<end_of_turn>"};
+  if (auto decoder = configs.tokenizer_config.find("added_tokens_decoder");
+      decoder != configs.tokenizer_config.end() && !decoder->is_null()) {
+    if (!decoder->is_object()) return MakeError(Errc::kFormat, "tokenizer_config.json: added_tokens_decoder is not an object");
+    special_user_pieces.clear();
+    for (const auto& [id, entry] : decoder->items()) {
+      auto content = entry.find("content");
+      auto special = entry.find("special");
+      if (!entry.is_object() || content == entry.end() || !content->is_string() ||
+          (special != entry.end() && !special->is_boolean()))
+        return MakeError(Errc::kFormat, "tokenizer_config.json: added_tokens_decoder entry " + id +
+                                            " has no string content or a non-boolean special");
+      if (special != entry.end() && special->get<bool>()) special_user_pieces.insert(content->get<std::string>());
+    }
+  }
+
   static constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's space
-  std::vector<AddedToken> specials;
+  std::vector<AddedToken> specials;  // matched in the text before sentencepiece sees it
   tok->bytes_.resize(pieces.size());
   tok->special_.assign(pieces.size(), false);
   for (std::size_t id = 0; id < pieces.size(); ++id) {
     const auto& [piece, type] = pieces[id];
-    switch (type) {
-      case kControl:
-      case kUnknown:
-      case kUserDefined:
-        tok->special_[id] = true;
-        if (!piece.empty()) specials.push_back({piece, static_cast<std::int32_t>(id), true});
-        break;
-      case kByte: {
-        const int hi = piece.size() == 6 ? HexDigit(piece[3]) : -1, lo = piece.size() == 6 ? HexDigit(piece[4]) : -1;
-        if (piece.compare(0, 3, "<0x") != 0 || hi < 0 || lo < 0 || piece[5] != '>')
-          return ModelError("byte piece " + std::to_string(id) + " is not <0xXX>: " + piece);
-        tok->bytes_[id] = std::string(1, static_cast<char>(hi * 16 + lo));
-        break;
-      }
-      default: {
-        std::string text;
-        for (std::size_t i = 0; i < piece.size();) {
-          if (piece.compare(i, kSpace.size(), kSpace) == 0) {
-            text.push_back(' ');
-            i += kSpace.size();
-          } else {
-            text.push_back(piece[i++]);
-          }
-        }
-        tok->bytes_[id] = std::move(text);
+    if (type == kByte) {
+      const int hi = piece.size() == 6 ? HexDigit(piece[3]) : -1, lo = piece.size() == 6 ? HexDigit(piece[4]) : -1;
+      if (piece.compare(0, 3, "<0x") != 0 || hi < 0 || lo < 0 || piece[5] != '>')
+        return ModelError("byte piece " + std::to_string(id) + " is not <0xXX>: " + piece);
+      tok->bytes_[id] = std::string(1, static_cast<char>(hi * 16 + lo));
+      continue;
+    }
+    if (type == kControl || type == kUnknown || type == kUserDefined) {
+      tok->special_[id] = type != kUserDefined || special_user_pieces.contains(piece);
+      if (!piece.empty()) specials.push_back({piece, static_cast<std::int32_t>(id), tok->special_[id]});
+      if (tok->special_[id]) continue;
+    }
+    // Normal, unused and plain-text user-defined pieces: SentencePiece's space becomes ' '.
+    std::string text;
+    for (std::size_t i = 0; i < piece.size();) {
+      if (piece.compare(i, kSpace.size(), kSpace) == 0) {
+        text.push_back(' ');
+        i += kSpace.size();
+      } else {
+        text.push_back(piece[i++]);
       }
     }
+    tok->bytes_[id] = std::move(text);
   }
   tok->specials_ = AddedTokenMatcher(std::move(specials));
   CS_ASSIGN_OR_RETURN(tok->add_bos_, ConfigFlag(configs, "add_bos_token", true));

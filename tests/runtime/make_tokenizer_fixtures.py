@@ -23,6 +23,7 @@ import tokenizers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "tokenizers")
+FUZZ_SEEDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "seeds", "tokenizer")
 SEED = 20261203
 VOCAB = 1000
 
@@ -136,10 +137,15 @@ CASES = [
     "supercalifragilisticexpialidocious" * 12, "a" * 300, "<|begin_of_text|>Hi<|eot_id|>",
     "<|start_header_id|>user<|end_header_id|>\n\nhello", "a<|end_of_text|>b",
     "<|im_start|>user\nhi<|im_end|>\n", "x <|endoftext|> y", "<bos><start_of_turn>user\nhi<end_of_turn>\n",
-    "<eos><pad><unk><mask>", "<|im_start|<|im_start|>>",
+    "<eos><pad><unk><mask>", "<|im_start|<|im_start|>>", "<h1>Title</h1>\n\n\n\n<table> <unused7>",
 ]
 
-CHAT_PROMPTS = ["Hello!", "  What is 2+2?\n", "日本語で答えて 🦙", "Write <b>bold</b> text."]
+CHAT_PROMPTS = ["Hello!", "  What is 2+2?\n", "日本語で答えて 🦙", "Write <b>bold</b> text.", "\u3000\u00a0hi\x1c\u2029"]
+
+# Added-token flags the real files leave off (lstrip, rstrip, single_word), on a copy of the
+# Qwen2 tokenizer: <|im_start|> strips both sides, <|im_end|> matches only as a single word.
+FLAG_CASES = ["a  <|im_start|> \n b", "x<|im_end|>y", "x <|im_end|> y", "<|im_end|>", "é<|im_end|>", "_<|im_end|>",
+              "<|im_end|>.", " <|im_start|>", "<|im_start|>   ", "a <|im_start|><|im_start|> b", "\u3000<|im_start|>\u00a0x"]
 
 
 def write_json(name, obj):
@@ -241,11 +247,22 @@ def qwen2():
     os.makedirs(os.path.join(OUT, "gpt2"), exist_ok=True)
     gpt2.save(os.path.join(OUT, "gpt2", "tokenizer.json"))
     gpt2_cases = [{"text": t, "ids": gpt2.encode(t).ids} for t in CASES]
+    root = json.loads(tok.to_str())
+    for a in root["added_tokens"]:
+        if a["content"] == "<|im_start|>":
+            a["lstrip"] = a["rstrip"] = True
+        if a["content"] == "<|im_end|>":
+            a["single_word"] = True
+    flagged = Tokenizer.from_str(json.dumps(root))
+    data["flag_cases"] = [{"text": t, "ids": flagged.encode(t).ids} for t in FLAG_CASES]
     return data, {"cases": gpt2_cases}
 
 
 GEMMA_USER_SYMBOLS = (["<mask>", "[@BOS@]"] + [f"<unused{i}>" for i in range(100)] +
                       ["<start_of_turn>", "<end_of_turn>"])
+# Real Gemma vocabularies also hold user-defined pieces that are ordinary text (HTML tags,
+# whitespace runs): added tokens with "special": false, never skipped when decoding.
+GEMMA_TEXT_SYMBOLS = ["<h1>", "</h1>", "<table>", "\n\n\n"]
 
 
 def gemma():
@@ -256,7 +273,7 @@ def gemma():
         byte_fallback=True, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True, normalization_rule_name="identity", character_coverage=0.9995,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
-        unk_piece="<unk>", user_defined_symbols=GEMMA_USER_SYMBOLS, num_threads=1, seed_sentencepiece_size=100000,
+        unk_piece="<unk>", user_defined_symbols=GEMMA_USER_SYMBOLS + GEMMA_TEXT_SYMBOLS, num_threads=1, seed_sentencepiece_size=100000,
         minloglevel=2)
     model = buf.getvalue()
     os.makedirs(os.path.join(OUT, "gemma"), exist_ok=True)
@@ -265,7 +282,9 @@ def gemma():
     sp = spm.SentencePieceProcessor(model_proto=model)
     special = {i for i in range(sp.get_piece_size())
                if sp.is_control(i) or sp.is_unknown(i) or sp.id_to_piece(i) in GEMMA_USER_SYMBOLS}
-    by_len = sorted((sp.id_to_piece(i) for i in special), key=len, reverse=True)
+    text_symbols = {sp.piece_to_id(p) for p in GEMMA_TEXT_SYMBOLS}
+    # Matched in the text: all added tokens, special or not.
+    by_len = sorted((sp.id_to_piece(i) for i in special | text_symbols), key=len, reverse=True)
 
     # What the model's tokenizer does (transformers' GemmaTokenizer): special pieces written in the
     # text are matched first (leftmost, longest), the text between them goes to sentencepiece.
@@ -314,8 +333,8 @@ def gemma():
         "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False,
         "tokenizer_class": "GemmaTokenizer", "sp_model_kwargs": {},
         "added_tokens_decoder": {str(i): {"content": sp.id_to_piece(i), "lstrip": False, "normalized": False,
-                                          "rstrip": False, "single_word": False, "special": True}
-                                 for i in sorted(special)}})
+                                          "rstrip": False, "single_word": False, "special": i in special}
+                                 for i in sorted(special | text_symbols)}})
     write_json("gemma/config.json", {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
                                      "bos_token_id": 2, "eos_token_id": [1, eot], "pad_token_id": 0})
     write_json("gemma/generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, eot], "pad_token_id": 0})
@@ -324,8 +343,31 @@ def gemma():
             "kind": "sentencepiece", "vocab_size": sp.get_piece_size()}
 
 
+def fuzz_seeds():
+    # tests/fuzz/fuzz_tokenizer.cpp: a first byte below 0x80 means text, from 0x80 a tokenizer.json.
+    os.makedirs(FUZZ_SEEDS, exist_ok=True)
+    for i, text in enumerate(["Hello world", CASES[12], CASES[22], CASES[-2], CASES[23]]):
+        with open(os.path.join(FUZZ_SEEDS, f"text-{i}"), "wb") as f:
+            f.write(b"\x00" + text.encode("utf-8"))
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TRAIN_TEXT.split("\n")[:6], trainers.BpeTrainer(
+        vocab_size=290, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|im_end|>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))])
+    compact = json.dumps(json.loads(tok.to_str()), ensure_ascii=False, separators=(",", ":"))
+    with open(os.path.join(FUZZ_SEEDS, "bpe-tiny.json"), "wb") as f:
+        f.write(b"\x80" + compact.encode("utf-8"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    fuzz_seeds()
     llama = llama3()
     qwen, gpt2 = qwen2()
     expected = {"generator": {"tokenizers": tokenizers.__version__, "sentencepiece": spm.__version__,

@@ -49,7 +49,9 @@ class Tokenizer {
   // One past the largest id (vocabulary and added tokens).
   virtual std::size_t vocab_size() const = 0;
   virtual std::string_view kind() const = 0;  // "sentencepiece" | "bpe"
-  // The id of a token given by its text (a special token, a vocabulary entry), if any.
+  // The id of a token given by its text (a special token, a vocabulary entry), if any. The
+  // text is what the token stands for ("<|eot_id|>", " the"), not tokenizer.json's byte-level
+  // spelling of it ("Ġthe").
   virtual std::optional<std::int32_t> TokenId(std::string_view token) const = 0;
 };
 
