@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages coldstart needs, only those missing (idempotent), then
 # configures and builds into build/. Used by tools/demo.sh and tools/test.sh.
-#   tools/setup.sh            build deps + build
+#   tools/setup.sh            build and test deps + build
 #   tools/setup.sh --bench    also the peers the benchmarks run (nginx, aria2, rclone, curl)
 #   tools/setup.sh --no-build only install packages
 set -euo pipefail
@@ -15,8 +15,11 @@ BUILD_PKGS=(build-essential cmake ninja-build pkg-config git
   python3 python3-venv curl
   clang libclang-rt-14-dev)  # clang and libFuzzer: the fuzz targets (tests/fuzz), tested by CTest
 BENCH_PKGS=(nginx-light aria2 rclone curl time)
+# What the tests use beyond the build: headless Chromium renders `coldstart bench --html`'s page
+# and libpng reads its screenshot (tests/bench/report_browser_test.cpp; skipped without them).
+TEST_PKGS=(chromium libpng-dev)
 
-want=("${BUILD_PKGS[@]}")
+want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
 build=1
 for arg in "$@"; do
   case "$arg" in
