@@ -162,7 +162,13 @@ at::Tensor Model::Weight(const std::string& name, std::vector<std::int64_t> shap
   // The load owns the memory and the model owns the load: no deleter.
   at::Tensor t = at::from_blob(reinterpret_cast<void*>(p->address), shape, opts);
   if (convert && t.scalar_type() != dtype_) {
-    if (t.scalar_type() == at::kBFloat16 && dtype_ == at::kFloat && !p->on_device) {
+    const float* ready = t.scalar_type() == at::kBFloat16 && dtype_ == at::kFloat && !p->on_device && options_.f32_weights
+                             ? options_.f32_weights(name)
+                             : nullptr;
+    if (ready) {
+      // Converted by the caller; counted there too, since the model holds it.
+      t = at::from_blob(const_cast<float*>(ready), shape, at::TensorOptions().dtype(at::kFloat));
+    } else if (t.scalar_type() == at::kBFloat16 && dtype_ == at::kFloat && !p->on_device) {
       // libtorch 1.13 converts BF16 to f32 at ~0.25 G elements/s on one core (0.7 s for
       // gemma-3-270m's embedding); the shift-by-16 loop vectorises and runs on every core.
       at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));

@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "coldstart/core/file_io.h"
 #include "coldstart/fetch/url.h"
+#include "coldstart/loader/copy_engine.h"
 #include "coldstart/loader/remote_loader.h"
 #include "options.h"
 
@@ -64,6 +65,72 @@ Result<std::optional<std::string>> ReadSideFile(const fetch::Source& src, fetch:
 
 }  // namespace
 
+F32Weights::F32Weights(std::shared_ptr<loader::LoadHandle> load, const runtime::ModelConfig& config)
+    : load_(std::move(load)) {
+  // The load's order (LoadOrder::kLayer): embeddings, each layer, then the rest.
+  const auto& layout = load_->layout();
+  std::vector<std::string> embed, rest;
+  std::map<int, std::vector<std::string>> layers;
+  for (const auto& t : layout.tensors) {
+    auto p = load_->Place(t.name);
+    if (!p.ok() || p->dtype != loader::DType::kBF16 || p->on_device || !runtime::IsDecoderTensor(config, t.name)) continue;
+    wanted_.insert(t.name);
+    const int layer = loader::TensorLayer(t.name);
+    if (layer >= 0) {
+      layers[layer].push_back(t.name);
+    } else if (t.name.find("embed") != std::string::npos) {
+      embed.push_back(t.name);
+    } else {
+      rest.push_back(t.name);
+    }
+  }
+  groups_.push_back(std::move(embed));
+  for (auto& [layer, names] : layers) groups_.push_back(std::move(names));
+  groups_.push_back(std::move(rest));
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "cs-f32");
+    Run();
+  });
+}
+
+F32Weights::~F32Weights() {
+  stop_ = true;
+  load_->Cancel();  // only reached when the run ends: a wait below must not outlive it
+  if (thread_.joinable()) thread_.join();
+}
+
+void F32Weights::Run() {
+  for (const auto& group : groups_) {
+    for (const auto& name : group) {
+      if (stop_ || !load_->WaitTensor(name).ok()) {
+        std::lock_guard lk(mu_);
+        finished_ = true;
+        cv_.notify_all();
+        return;
+      }
+      auto p = load_->Place(name);
+      const std::uint64_t n = p->nbytes / 2;
+      std::unique_ptr<float[]> out(new float[n]);
+      loader::ConvertBf16ToF32(reinterpret_cast<const std::byte*>(p->address), n, reinterpret_cast<std::byte*>(out.get()));
+      bytes_ += n * sizeof(float);
+      std::lock_guard lk(mu_);
+      done_.emplace(name, std::move(out));
+      cv_.notify_all();
+    }
+  }
+  std::lock_guard lk(mu_);
+  finished_ = true;
+  cv_.notify_all();
+}
+
+const float* F32Weights::Get(const std::string& name) {
+  if (!wanted_.contains(name)) return nullptr;
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return finished_ || done_.contains(name); });
+  auto it = done_.find(name);
+  return it == done_.end() ? nullptr : it->second.get();
+}
+
 std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::LoadHandle* load,
                                                                   std::thread* prefetch) {
   if (prefetch && prefetch->joinable()) prefetch->join();
@@ -109,7 +176,6 @@ Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(s
   } join{prefetch};
   CS_ASSIGN_OR_RETURN(m.device, loader::ParseDevice(flags.device));
   CS_ASSIGN_OR_RETURN(auto dtype, runtime::ParseComputeDType(flags.dtype));
-  (void)dtype;
   CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(flags.source));
   std::shared_ptr<cache::DiskCache> disk_cache;
   const bool remote = src.kind != fetch::SourceKind::kLocal;
@@ -164,6 +230,8 @@ Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(s
       layers->ready[layer] = Timeline::SinceProcessStart();
   };
   CS_ASSIGN_OR_RETURN(m.load, loader::StartLoad(std::move(opened), std::move(o)));
+  if (m.device.kind != loader::DeviceKind::kCuda && dtype != runtime::ComputeDType::kBF16)
+    m.f32 = std::make_shared<F32Weights>(m.load, m.config);
   m.torch = StartTorchAfter(m.load.get(), &prefetch);
 
   // While the weights stream: the tokenizer's files. Gemma's tokenizer.model makes its 33 MB
@@ -205,6 +273,7 @@ Status FinishModel(RunningModel& m, const ModelRunFlags& flags) {
     if (computed && layer >= 0 && static_cast<std::size_t>(layer) < layers->computed.size())
       layers->computed[layer] = Timeline::SinceProcessStart();
   };
+  if (m.f32) mo.f32_weights = [f32 = m.f32](const std::string& name) { return f32->Get(name); };
   CS_ASSIGN_OR_RETURN(m.generator, api->make_generator(m.load, m.config, std::move(mo)));
   m.marks.Mark("generator");
   return OkStatus();

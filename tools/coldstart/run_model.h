@@ -4,6 +4,10 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
 #include <future>
 #include <memory>
 #include <string>
@@ -29,8 +33,36 @@ struct LayerTimes {
   std::vector<std::atomic<double>> ready, computed;
 };
 
+// BF16 weights converted to f32 on a thread of its own as their layers arrive, for CPU f32
+// compute: the conversion (and the first touch of its memory, which costs this VM more than the
+// conversion) runs on one core while libtorch's dlopen runs on another, instead of after it.
+class F32Weights {
+ public:
+  // Starts the thread (before libtorch's dlopen: see StartTorchAfter).
+  F32Weights(std::shared_ptr<loader::LoadHandle> load, const runtime::ModelConfig& config);
+  ~F32Weights();  // stops and joins the thread
+  // The f32 copy of `name`, once converted (waits for it); nullptr when it is not a BF16 weight
+  // of this load or the load failed.
+  const float* Get(const std::string& name);
+  std::uint64_t bytes() const { return bytes_; }
+
+ private:
+  void Run();
+  std::shared_ptr<loader::LoadHandle> load_;
+  std::vector<std::vector<std::string>> groups_;  // in load order: embeddings, layer 0.., rest
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::unique_ptr<float[]>> done_;  // GUARDED_BY(mu_)
+  std::set<std::string> wanted_;
+  bool finished_ = false;  // GUARDED_BY(mu_)
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> bytes_{0};
+  std::thread thread_;
+};
+
 struct RunningModel {
   std::shared_ptr<loader::LoadHandle> load;
+  std::shared_ptr<F32Weights> f32;  // CPU f32 compute only; outlives the generator below
   runtime::ModelConfig config;
   runtime::ModelTextFiles files;  // config.json, generation_config.json, tokenizer files
   std::unique_ptr<runtime::Tokenizer> tokenizer;  // null when the model folder has none

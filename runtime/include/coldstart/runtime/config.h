@@ -87,6 +87,10 @@ struct ModelOptions {
   // Called on the computing thread when layer N's weights became usable (`computed` false) and
   // when the first pass finished computing it (true): the Timeline's per-layer marks.
   std::function<void(int layer, bool computed)> on_layer;
+  // Weights someone already converted from BF16 to f32 (the CLI does it on another core while
+  // libtorch loads): the f32 copy of tensor `name` (waiting for it if need be), or nullptr to
+  // let the model convert it. The memory must outlive the model.
+  std::function<const float*(const std::string& name)> f32_weights;
 };
 
 // The tensors a text decoder of `config` reads (vision towers and projectors are left out).
