@@ -7,6 +7,9 @@
 #include "coldstart/bench/runner.h"
 
 #include <httplib.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -275,6 +278,102 @@ Status FirstToken(Ctx& c, RunRow& row, Clock::time_point t0) {
   return OkStatus();
 }
 
+// Touches every page of `path` through a read-only shared mapping, as a server that mmaps its
+// weights (safetensors' safe_open, llama.cpp) does; returns the file's size.
+Result<std::uint64_t> TouchEveryPage(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return MakePathError("open " + path, errno);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return MakePathError("stat " + path, err);
+  }
+  const auto size = static_cast<std::size_t>(st.st_size);
+  if (size == 0) {
+    ::close(fd);
+    return std::uint64_t{0};
+  }
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  const int err = errno;
+  ::close(fd);
+  if (m == MAP_FAILED) return MakePathError("mmap " + path, err);
+  ::madvise(m, size, MADV_SEQUENTIAL);
+  const auto* p = static_cast<const volatile unsigned char*>(m);
+  for (std::size_t off = 0; off < size; off += 4096) (void)p[off];  // volatile: every read happens
+  (void)p[size - 1];
+  ::munmap(m, size);
+  return static_cast<std::uint64_t>(size);
+}
+
+bool Mounted(const std::string& dir) {
+  struct stat a {}, b {};
+  return ::stat(dir.c_str(), &a) == 0 && ::stat((dir + "/..").c_str(), &b) == 0 && a.st_dev != b.st_dev;
+}
+
+// mount-then-read: a FUSE mount (coldstart mount, or rclone mount --vfs-cache-mode full), then
+// every .safetensors file of it read through mmap, page by page.
+Status MountThenRead(Ctx& c, RunRow& row, Clock::time_point t0) {
+  const std::string mnt = c.Temp("mnt"), cache = c.Temp("mount-cache");
+  std::error_code ec;
+  fs::create_directories(mnt, ec);
+  if (ec) return MakePathError("mkdir " + mnt, ec.value());
+  ChildSpec spec;
+  if (row.peer == "rclone")
+    spec.argv = {"rclone", "mount", std::string(":gcs:") + kBucket + "/" + kPrefix, mnt, "--gcs-anonymous", "--gcs-endpoint",
+                 c.server->endpoint() + "/storage/v1/", "--vfs-cache-mode", "full", "--cache-dir", cache, "--read-only",
+                 "--config", "/dev/null", "-q"};
+  else
+    spec.argv = {c.exe, "mount", c.remote, mnt, "--cache-dir", cache, "--progress", "off"};
+  spec.env = c.env;
+  CS_ASSIGN_OR_RETURN(auto child, Child::Start(std::move(spec)));
+  struct Unmount {
+    std::string mnt, cache;
+    Child* child;
+    ~Unmount() {
+      if (Mounted(mnt)) {
+        ChildSpec u;
+        u.argv = {"fusermount3", "-u", mnt};
+        if (auto r = detail::RunChild(std::move(u), 30); !r.ok() || (*r)->exit_code() != 0) {
+          ChildSpec lazy;
+          lazy.argv = {"fusermount3", "-uz", mnt};
+          (void)detail::RunChild(std::move(lazy), 30);
+        }
+      }
+      if (!child->Wait(10)) child->Terminate();
+      std::error_code ec;
+      fs::remove(mnt, ec);
+      fs::remove_all(cache, ec);
+    }
+  } unmount{mnt, cache, child.get()};
+  const double start = Since(t0, child->started());
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(c.o.timeout_s));
+  while (!Mounted(mnt)) {
+    if (!child->Running()) return MakeError(Errc::kInternal, "the mount ended before it was up: " + child->Describe());
+    if (Clock::now() > deadline) return MakeError(Errc::kTimeout, mnt + " was not mounted in time");
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const double mounted = Since(t0, Clock::now());
+  row.phases.push_back({"mount", start, mounted, 0});
+  std::vector<std::string> shards;
+  for (fs::recursive_directory_iterator it(mnt, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().extension() == ".safetensors") shards.push_back(it->path().string());
+  if (ec) return MakePathError("listing " + mnt, ec.value());
+  if (shards.empty()) return MakeError(Errc::kNotFound, "no .safetensors file under the mount " + mnt);
+  std::sort(shards.begin(), shards.end());
+  std::uint64_t bytes = 0;
+  for (const auto& f : shards) {
+    CS_ASSIGN_OR_RETURN(auto n, TouchEveryPage(f));
+    bytes += n;
+    row.samples.push_back({Since(t0, Clock::now()), bytes});
+  }
+  const double read = Since(t0, Clock::now());
+  row.phases.push_back({"read", mounted, read, bytes});
+  row.bytes = bytes;
+  row.total_s = read;
+  return OkStatus();
+}
+
 std::string Replace(std::string s, const std::string& from, const std::string& to) {
   for (auto p = s.find(from); p != std::string::npos; p = s.find(from, p + to.size())) s.replace(p, from.size(), to);
   return s;
@@ -370,7 +469,16 @@ std::vector<std::pair<std::string, std::string>> Peers(const Ctx& c, const std::
       why = "libcoldstart_torch.so (the libtorch plugin) is not next to " + c.exe;
     return {{"coldstart", why}};
   }
-  if (scenario == "mount-then-read") return {{"coldstart", "mount-then-read is not implemented in this version of coldstart bench"}};
+  if (scenario == "mount-then-read") {
+    std::string why;
+    if (::access("/dev/fuse", R_OK | W_OK) != 0) why = "/dev/fuse is missing or not usable";
+    else if (FindInPath("fusermount3").empty()) why = "fusermount3 is not installed (fuse3)";
+    std::vector<std::pair<std::string, std::string>> out{{"coldstart", why}};
+    if (why.empty() && c.http_base.empty()) why = no_local;
+    if (why.empty() && FindInPath("rclone").empty()) why = "rclone is not installed (tools/setup.sh --bench)";
+    out.emplace_back("rclone", why);
+    return out;
+  }
   return {{"coldstart", ""}};
 }
 
@@ -382,6 +490,7 @@ Status RunOne(Ctx& c, const std::string& scenario, RunRow& row, Clock::time_poin
   if (scenario == "copy-then-load" || scenario == "parallel-copy-then-load") return CopyThenLoad(c, row, t0);
   if (scenario == "first-token") return FirstToken(c, row, t0);
   if (scenario == "server") return ServerScenario(c, row, t0);
+  if (scenario == "mount-then-read") return MountThenRead(c, row, t0);
   return MakeError(Errc::kInvalidArgument, "unknown scenario " + scenario);
 }
 
@@ -485,7 +594,7 @@ const std::vector<std::string>& ScenarioNames() {
 
 std::vector<std::string> DefaultScenarios() {
   return {"copy-then-load", "parallel-copy-then-load", "prefetch-then-load", "load", "load-cache-cold",
-          "load-cache-warm", "first-token"};
+          "load-cache-warm", "mount-then-read", "first-token"};
 }
 
 Result<Report> RunBench(const BenchOptions& o) {

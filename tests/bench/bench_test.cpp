@@ -2,8 +2,12 @@
 // dropping, and short end-to-end runs of the CLI against a small synthetic model served by the
 // fake GCS server on loopback.
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -328,6 +332,93 @@ TEST_F(BenchCli, ReplicasEachGetARowAndTheOriginCountsThemAll) {
   EXPECT_EQ(replicas, (std::set<int>{0, 1, 2}));
 }
 
+TEST_F(BenchCli, LinkCapIsSharedByTheLoadsConnections) {
+  Synth("2MiB");
+  const std::string json = dir_ / "link.json";
+  // coldstart load opens many connections; together they get 2 MB/s: ~1.1 s for 2.2 MB.
+  auto r = RunCli("bench " + model_ + " --scenario load --cap-link 2MB --json " + json);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const Report rep = ReadReport(json);
+  ASSERT_EQ(rep.rows.size(), 1u);
+  ASSERT_TRUE(rep.rows[0].ok) << rep.rows[0].error;
+  EXPECT_GE(rep.rows[0].total_s, 0.9);
+  EXPECT_LT(rep.rows[0].total_s, 10);
+}
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST_F(BenchCli, ServerIsTimedToReadyAndToItsFirstAnswerThenStopped) {
+  Synth("1MiB");
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string p = std::to_string(port);
+  WriteFile(dir_ / "request.json", "{\"prompt\": \"hello\"}");
+  // `coldstart preload` stands in for a server (no libtorch needed): its probe answers 200 once
+  // the model is in, GET and POST alike; its CMD would run 30 s unless the bench stops it.
+  const std::string cmd = "{coldstart} preload {src} --to " + (dir_ / "to") + " --probe-port " + p + " -- sleep 30";
+  const std::string json = dir_ / "server.json";
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = RunCli("bench " + model_ + " --scenario server --cmd '" + cmd + "' --ready-url http://127.0.0.1:" + p +
+                  "/ready --request " + (dir_ / "request.json") + " --request-url http://127.0.0.1:" + p +
+                  "/v1/completions --json " + json);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_LT(seconds, 20) << "the server (and its sleep 30) was stopped after the request";
+  const Report rep = ReadReport(json);
+  ASSERT_EQ(rep.rows.size(), 1u);
+  const RunRow& row = rep.rows[0];
+  ASSERT_TRUE(row.ok) << row.error;
+  EXPECT_EQ(row.peer, "coldstart");
+  ASSERT_EQ(row.phases.size(), 2u);
+  EXPECT_EQ(row.phases[0].name, "ready");
+  EXPECT_EQ(row.phases[1].name, "first_token");
+  EXPECT_LE(row.phases[0].end_s, row.phases[1].end_s);
+  EXPECT_DOUBLE_EQ(row.total_s, row.phases[1].end_s);
+  EXPECT_TRUE(fs::exists(dir_ / "to/config.json")) << "the server's model was really fetched before ready";
+}
+
+TEST_F(BenchCli, MountThenReadReadsEveryShardThroughTheMount) {
+  if (::access("/dev/fuse", R_OK | W_OK) != 0) GTEST_SKIP() << "no usable /dev/fuse";
+  if (std::system("command -v fusermount3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "no fusermount3";
+  Synth("2MiB");
+  const std::string json = dir_ / "mount.json";
+  auto r = RunCli("bench " + model_ + " --scenario mount-then-read --json " + json + " --work-dir " + dir_.path());
+  const Report rep = ReadReport(json);
+  ASSERT_EQ(rep.rows.size(), 2u) << r.out;
+  std::uint64_t shard_bytes = 0;
+  for (const auto& e : fs::directory_iterator(model_))
+    if (e.path().extension() == ".safetensors") shard_bytes += e.file_size();
+  for (const auto& row : rep.rows) {
+    SCOPED_TRACE(row.peer);
+    if (!row.ok && row.error.empty()) continue;  // rclone not installed: skipped, saying so
+    if (row.peer == "coldstart" && !row.ok && row.error.find("mount") != std::string::npos &&
+        row.error.find("ermission") != std::string::npos)
+      GTEST_SKIP() << "mounting is not permitted here: " << row.error;
+    ASSERT_TRUE(row.ok) << row.error;
+    EXPECT_EQ(row.bytes, shard_bytes);
+    ASSERT_EQ(row.phases.size(), 2u);
+    EXPECT_EQ(row.phases[0].name, "mount");
+    EXPECT_EQ(row.phases[1].name, "read");
+    EXPECT_GE(row.origin_bytes, shard_bytes) << "the bytes came through the origin";
+  }
+  EXPECT_EQ(r.status, 0) << r.out;
+  for (const auto& e : fs::directory_iterator(dir_.path()))
+    EXPECT_EQ(e.path().filename().string().rfind("coldstart-bench-", 0), std::string::npos) << "left mounted or behind: " << e.path();
+}
+
 TEST_F(BenchCli, CompareExitsOneWhenSomethingGotSlower) {
   Report old, now;
   old.rows = {Ok("load", "coldstart", 1.0)};
@@ -347,7 +438,7 @@ TEST_F(BenchCli, MissingPeersAndUnknownScenarios) {
   Synth("1MiB");
   EXPECT_EQ(RunCli("bench " + model_ + " --scenario lod").status, 2);
   const std::string json = dir_ / "skip.json";
-  // first-token without a plugin or config, mount-then-read not built: a row saying so, exit 0.
+  // first-token without config.json: a row saying so, exit 0.
   fs::remove(model_ + "/config.json");
   auto r = RunCli("bench " + model_ + " --scenario first-token --json " + json);
   ASSERT_EQ(r.status, 0) << r.out;
