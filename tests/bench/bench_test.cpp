@@ -143,8 +143,8 @@ TEST(BenchSummary, MinMedianMaxAndSpeedUpAgainstCopyThenLoad) {
   skipped.note = "skipped: aria2c is not installed";
   r.rows.push_back(skipped);
   const std::string t = coldstart::bench::SummaryTable(r);
-  EXPECT_NE(t.find("copy-then-load           curl         3/3    9.000   10.000   30.000"), std::string::npos) << t;
-  EXPECT_NE(t.find("load                     coldstart    3/3    1.000    2.000    3.000"), std::string::npos) << t;
+  EXPECT_NE(t.find("copy-then-load           curl            3/3    9.000   10.000   30.000"), std::string::npos) << t;
+  EXPECT_NE(t.find("load                     coldstart       3/3    1.000    2.000    3.000"), std::string::npos) << t;
   EXPECT_NE(t.find("5.00x"), std::string::npos) << "10 s / 2 s\n" << t;
   EXPECT_NE(t.find("aria2c is not installed"), std::string::npos) << t;
 }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "coldstart/core/env.h"
@@ -32,21 +33,15 @@ int main(int argc, char** argv) {
   app.add_option("--fault", fault_texts, "Fault, e.g. kind=status,status=503,count=2,object=*/model-* (repeatable)");
   CLI11_PARSE(app, argc, argv);
 
-  if (!rate.empty()) {
-    auto r = coldstart::ParseBytes(rate);
+  for (auto [text, out, flag] : {std::tuple{&rate, &opt.rate_limit_bytes_per_s, "--rate-limit"},
+                                 std::tuple{&link_rate, &opt.link_rate_limit_bytes_per_s, "--link-rate-limit"}}) {
+    if (text->empty()) continue;
+    auto r = coldstart::ParseBytes(*text);
     if (!r.ok()) {
-      std::cerr << "coldstart-fake-gcs: --rate-limit: " << r.error().ToString() << "\n";
+      std::cerr << "coldstart-fake-gcs: " << flag << ": " << r.error().ToString() << "\n";
       return 2;
     }
-    opt.rate_limit_bytes_per_s = static_cast<double>(*r);
-  }
-  if (!link_rate.empty()) {
-    auto r = coldstart::ParseBytes(link_rate);
-    if (!r.ok()) {
-      std::cerr << "coldstart-fake-gcs: --link-rate-limit: " << r.error().ToString() << "\n";
-      return 2;
-    }
-    opt.link_rate_limit_bytes_per_s = static_cast<double>(*r);
+    *out = static_cast<double>(*r);
   }
   if (!delay.empty()) {
     auto d = coldstart::ParseSeconds(delay);
