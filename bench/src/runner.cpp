@@ -66,6 +66,7 @@ struct Ctx {
 
   explicit Ctx(const BenchOptions& options) : o(options) {}
   std::string Temp(const std::string& what) { return work + "/" + what + "-" + std::to_string(next_id++); }
+  bool Cancelled() const { return o.cancelled && o.cancelled(); }
 };
 
 std::string FindInPath(const std::string& name) {
@@ -351,6 +352,7 @@ Status MountThenRead(Ctx& c, RunRow& row, Clock::time_point t0) {
   while (!Mounted(mnt)) {
     if (!child->Running()) return MakeError(Errc::kInternal, "the mount ended before it was up: " + child->Describe());
     if (Clock::now() > deadline) return MakeError(Errc::kTimeout, mnt + " was not mounted in time");
+    if (c.Cancelled()) return MakeError(Errc::kCancelled, "cancelled while mounting");
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double mounted = Since(t0, Clock::now());
@@ -400,7 +402,7 @@ Status ServerScenario(Ctx& c, RunRow& row, Clock::time_point t0) {
   httplib::Client http(origin);
   http.set_connection_timeout(1);
   double ready = -1;
-  while (Clock::now() < deadline) {
+  while (Clock::now() < deadline && !c.Cancelled()) {
     if (!child->Running()) {
       child->Wait(0);
       return MakeError(Errc::kInternal, "the server stopped before it was ready: " + child->Describe());
@@ -413,6 +415,7 @@ Status ServerScenario(Ctx& c, RunRow& row, Clock::time_point t0) {
   }
   if (ready < 0) {
     child->Terminate();
+    if (c.Cancelled()) return MakeError(Errc::kCancelled, "cancelled while waiting for " + c.o.ready_url);
     return MakeError(Errc::kTimeout, c.o.ready_url + " did not answer 200 within " + std::to_string(c.o.timeout_s) + " s");
   }
   row.phases.push_back({"ready", start, ready, 0});
@@ -635,6 +638,8 @@ Result<Report> RunBench(const BenchOptions& o) {
   for (int run = 0; run < o.runs; ++run) {
     for (const auto& scenario : scenarios) {
       for (const auto& [peer, skip] : Peers(c, scenario)) {
+        if (c.Cancelled())
+          return MakeError(Errc::kCancelled, "coldstart bench stopped after " + std::to_string(rep.rows.size()) + " rows");
         if (!skip.empty()) {
           if (run == 0) {
             RunRow row;

@@ -3,6 +3,7 @@
 // fake GCS server on loopback.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "../common/temp_dir.h"
 #include "coldstart/bench/result.h"
@@ -417,6 +419,31 @@ TEST_F(BenchCli, MountThenReadReadsEveryShardThroughTheMount) {
   EXPECT_EQ(r.status, 0) << r.out;
   for (const auto& e : fs::directory_iterator(dir_.path()))
     EXPECT_EQ(e.path().filename().string().rfind("coldstart-bench-", 0), std::string::npos) << "left mounted or behind: " << e.path();
+}
+
+TEST_F(BenchCli, CtrlCStopsTheRunInFlightAndRemovesTheTempFolders) {
+  Synth("2MiB");
+  // A copy at 1 MB/s takes ~2.1 s; Ctrl-C (SIGINT to the foreground group) comes after 0.7 s.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::execl(COLDSTART_BIN, COLDSTART_BIN, "bench", model_.c_str(), "--scenario", "copy-then-load", "--runs", "3",
+            "--cap-per-connection", "1MB", "--work-dir", dir_.path().c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::setpgid(pid, pid);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  ::kill(-pid, SIGINT);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_LT(seconds, 2.0) << "the copy in flight got the Ctrl-C too";
+  for (const auto& e : fs::directory_iterator(dir_.path()))
+    EXPECT_EQ(e.path().filename().string().rfind("coldstart-bench-", 0), std::string::npos) << "left behind: " << e.path();
 }
 
 TEST_F(BenchCli, CompareExitsOneWhenSomethingGotSlower) {

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "cancel.h"
 #include "cli.h"
 #include "coldstart/bench/result.h"
 #include "coldstart/bench/runner.h"
@@ -57,6 +58,7 @@ int RunBench(const BenchArgs& args) {
   }
   if (args.source.empty())
     return ReportError(MakeError(Errc::kInvalidArgument, "coldstart bench needs SRC (or --compare OLD.json NEW.json)"));
+  InstallCancelSignals();  // before the bench's threads (the fake server's) start
   bench::BenchOptions o;
   o.source = args.source;
   o.scenarios = args.scenarios;
@@ -79,7 +81,9 @@ int RunBench(const BenchArgs& args) {
     *cap = *r;
   }
   o.progress = [](const std::string& line) { std::fprintf(stderr, "coldstart bench: %s\n", line.c_str()); };
+  o.cancelled = [] { return CancelRequested(); };
   auto report = bench::RunBench(o);
+  if (!report.ok() && report.error().code == Errc::kCancelled) return ReportCancelled(report.error().message);
   if (!report.ok()) return ReportError(report.error());
   if (!args.json.empty())
     if (auto st = WriteText(args.json, bench::ToJson(*report)); !st.ok()) return ReportError(st.error());

@@ -41,6 +41,10 @@ struct BenchOptions {
   std::string command;                 // recorded in the report
   // One line per event ("load run 2/3: 1.23 s"), for a progress line on stderr.
   std::function<void(const std::string&)> progress;
+  // Asked between runs (and while waiting for a server or a mount): true stops the bench, which
+  // removes its temp folders and returns kCancelled. A Ctrl-C on the terminal reaches the
+  // children too (they share our process group), so the run in flight ends at once.
+  std::function<bool()> cancelled;
 };
 
 Result<Report> RunBench(const BenchOptions& options);
