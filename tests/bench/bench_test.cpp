@@ -21,6 +21,7 @@
 #include "../common/temp_dir.h"
 #include "coldstart/bench/result.h"
 #include "coldstart/bench/runner.h"
+#include "coldstart/fake_gcs/server.h"
 
 namespace {
 
@@ -197,9 +198,9 @@ struct Cli {
   std::string out;
 };
 
-Cli RunCli(const std::string& args) {
+Cli RunCli(const std::string& args, const std::string& env = "") {
   Cli r;
-  const std::string cmd = std::string(COLDSTART_BIN) + " " + args + " 2>/dev/null";
+  const std::string cmd = env + std::string(COLDSTART_BIN) + " " + args + " 2>/dev/null";
   FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return r;
   char buf[4096];
@@ -444,6 +445,30 @@ TEST_F(BenchCli, CtrlCStopsTheRunInFlightAndRemovesTheTempFolders) {
   EXPECT_LT(seconds, 2.0) << "the copy in flight got the Ctrl-C too";
   for (const auto& e : fs::directory_iterator(dir_.path()))
     EXPECT_EQ(e.path().filename().string().rfind("coldstart-bench-", 0), std::string::npos) << "left behind: " << e.path();
+}
+
+TEST_F(BenchCli, ARemoteSourceIsReadAsItIsWithoutPeersOrCaps) {
+  Synth("1MiB");
+  fs::create_directories(dir_ / "origin/bkt");
+  fs::rename(model_, dir_ / "origin/bkt/m");
+  coldstart::fakegcs::ServerOptions so;
+  so.root = dir_ / "origin";
+  auto server = coldstart::fakegcs::Server::Start(so);
+  ASSERT_TRUE(server.ok()) << server.error().ToString();
+  const std::string env = "STORAGE_EMULATOR_HOST=" + (*server)->endpoint() + " COLDSTART_METADATA=off ";
+  const std::string json = dir_ / "remote.json";
+  auto r = RunCli("bench gs://bkt/m --scenario load --scenario copy-then-load --json " + json, env);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const Report rep = ReadReport(json);
+  ASSERT_EQ(rep.rows.size(), 2u);
+  EXPECT_EQ(rep.source, "gs://bkt/m");
+  EXPECT_TRUE(rep.rows[0].ok) << rep.rows[0].error;
+  EXPECT_EQ(rep.rows[0].origin_bytes, 0u) << "not our server: not counted";
+  EXPECT_GE((*server)->stats().media_bytes_sent, rep.rows[0].bytes) << "the load read the given gs:// URL";
+  EXPECT_EQ(rep.model_bytes, rep.rows[0].bytes);
+  EXPECT_FALSE(rep.rows[1].ok);
+  EXPECT_NE(rep.rows[1].note.find("skipped: peers copy over http from the fake server"), std::string::npos) << rep.rows[1].note;
+  EXPECT_EQ(RunCli("bench gs://bkt/m --scenario load --cap-link 1MB", env).status, 2) << "caps shape the fake server only";
 }
 
 TEST_F(BenchCli, CompareExitsOneWhenSomethingGotSlower) {
