@@ -235,7 +235,15 @@ class BenchCli : public ::testing::Test {
     ASSERT_EQ(s.status, 0) << s.out;
     model_bytes_ = FolderBytes(model_);
   }
+  // `coldstart bench MODEL ARGS --json FILE`: the report it wrote (empty when it failed).
+  Report Bench(const std::string& args) {
+    const std::string json = dir_ / ("report-" + std::to_string(++reports_) + ".json");
+    auto r = RunCli("bench " + model_ + " " + args + " --json " + json);
+    EXPECT_EQ(r.status, 0) << args << "\n" << r.out;
+    return r.status == 0 ? ReadReport(json) : Report{};
+  }
   TempDir dir_;
+  int reports_ = 0;
   std::string model_;
   std::uint64_t model_bytes_ = 0;
 };
@@ -293,10 +301,7 @@ TEST_F(BenchCli, ThreeScenariosTwoRunsGiveOrderedPhasesAndTheModelsBytes) {
 
 TEST_F(BenchCli, ColdSaysHowThePagesWereDropped) {
   Synth("2MiB");
-  const std::string json = dir_ / "cold.json";
-  auto r = RunCli("bench " + model_ + " --scenario load --cold --json " + json);
-  ASSERT_EQ(r.status, 0) << r.out;
-  const Report rep = ReadReport(json);
+  const Report rep = Bench("--scenario load --cold");
   ASSERT_EQ(rep.rows.size(), 1u);
   EXPECT_TRUE(rep.rows[0].cold);
   EXPECT_EQ(rep.rows[0].cold_method.rfind("fadvise", 0), 0u) << rep.rows[0].cold_method;
@@ -305,11 +310,8 @@ TEST_F(BenchCli, ColdSaysHowThePagesWereDropped) {
 
 TEST_F(BenchCli, PerConnectionCapIsHonoured) {
   Synth("2MiB");
-  const std::string json = dir_ / "cap.json";
   // One stream at 1 MB/s: the 2 MiB model takes ~2.1 s.
-  auto r = RunCli("bench " + model_ + " --scenario copy-then-load --cap-per-connection 1MB --json " + json);
-  ASSERT_EQ(r.status, 0) << r.out;
-  const Report rep = ReadReport(json);
+  const Report rep = Bench("--scenario copy-then-load --cap-per-connection 1MB");
   ASSERT_EQ(rep.rows.size(), 1u);
   ASSERT_TRUE(rep.rows[0].ok) << rep.rows[0].error;
   EXPECT_GE(rep.rows[0].total_s, 1.5);
@@ -320,10 +322,7 @@ TEST_F(BenchCli, PerConnectionCapIsHonoured) {
 
 TEST_F(BenchCli, ReplicasEachGetARowAndTheOriginCountsThemAll) {
   Synth("2MiB");
-  const std::string json = dir_ / "replicas.json";
-  auto r = RunCli("bench " + model_ + " --scenario load --replicas 3 --json " + json);
-  ASSERT_EQ(r.status, 0) << r.out;
-  const Report rep = ReadReport(json);
+  const Report rep = Bench("--scenario load --replicas 3");
   ASSERT_EQ(rep.rows.size(), 3u);
   std::set<int> replicas;
   for (const auto& row : rep.rows) {
@@ -337,11 +336,8 @@ TEST_F(BenchCli, ReplicasEachGetARowAndTheOriginCountsThemAll) {
 
 TEST_F(BenchCli, LinkCapIsSharedByTheLoadsConnections) {
   Synth("2MiB");
-  const std::string json = dir_ / "link.json";
   // coldstart load opens many connections; together they get 2 MB/s: ~1.1 s for 2.2 MB.
-  auto r = RunCli("bench " + model_ + " --scenario load --cap-link 2MB --json " + json);
-  ASSERT_EQ(r.status, 0) << r.out;
-  const Report rep = ReadReport(json);
+  const Report rep = Bench("--scenario load --cap-link 2MB");
   ASSERT_EQ(rep.rows.size(), 1u);
   ASSERT_TRUE(rep.rows[0].ok) << rep.rows[0].error;
   EXPECT_GE(rep.rows[0].total_s, 0.9);
@@ -489,12 +485,9 @@ TEST_F(BenchCli, CompareExitsOneWhenSomethingGotSlower) {
 TEST_F(BenchCli, MissingPeersAndUnknownScenarios) {
   Synth("1MiB");
   EXPECT_EQ(RunCli("bench " + model_ + " --scenario lod").status, 2);
-  const std::string json = dir_ / "skip.json";
   // first-token without config.json: a row saying so, exit 0.
   fs::remove(model_ + "/config.json");
-  auto r = RunCli("bench " + model_ + " --scenario first-token --json " + json);
-  ASSERT_EQ(r.status, 0) << r.out;
-  const Report rep = ReadReport(json);
+  const Report rep = Bench("--scenario first-token");
   ASSERT_EQ(rep.rows.size(), 1u);
   EXPECT_FALSE(rep.rows[0].ok);
   EXPECT_TRUE(rep.rows[0].error.empty());
