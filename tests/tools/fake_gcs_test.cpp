@@ -468,6 +468,24 @@ TEST_F(FakeGcs, RateLimitIsRoughlyHonoured) {
   EXPECT_LT(small.seconds, 0.2) << "the limit paces bytes, it adds no fixed delay";
 }
 
+TEST_F(FakeGcs, LinkRateLimitIsSharedByAllConnections) {
+  ServerOptions o;
+  o.link_rate_limit_bytes_per_s = 4 << 20;
+  Start(o);
+  // Two 1 MiB bodies at once through a 4 MiB/s link: 0.5 s together (0.25 s each alone).
+  std::vector<Reply> replies(2);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (auto& r : replies) threads.emplace_back([&r, this] { r = Get(ModelMedia()); });
+  for (auto& t : threads) t.join();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const auto& r : replies) ASSERT_EQ(r.body, model_);
+  EXPECT_GE(seconds, 0.45) << "the link's rate is for all connections together";
+  EXPECT_LT(seconds, 2.0);
+  auto small = Get(ModelMedia(), {"Range: bytes=0-1023"});
+  EXPECT_LT(small.seconds, 0.2) << "an idle link saves nothing up, but adds no fixed delay either";
+}
+
 TEST_F(FakeGcs, ControlEndpoints) {
   Start();
   Request add;

@@ -152,6 +152,25 @@ struct ServeArgs {
   std::int64_t max_new_tokens = 16;   // max_tokens of a request that gives none (OpenAI: 16)
 };
 
+// `coldstart bench` (bench/include/coldstart/bench/runner.h says what each field does).
+struct BenchArgs {
+  std::string source;
+  std::vector<std::string> scenarios;   // --scenario (repeatable); none: the defaults
+  int runs = 1;
+  bool cold = false;
+  std::string json, html;               // --json FILE, --html FILE
+  std::string cap_per_connection;       // rate text, e.g. 50MB
+  std::string cap_link;
+  int replicas = 1;
+  std::vector<std::string> compare;     // --compare OLD.json NEW.json
+  std::string server_cmd, ready_url, request_file, request_url;  // scenario server
+  std::string device = "sim";           // scenario device
+  std::string work_dir;
+  double timeout_s = 3600;
+  std::string command_line;             // recorded in the report
+};
+
+int RunBench(const BenchArgs& args);
 int RunRun(const RunArgs& args);
 int RunServe(const ServeArgs& args);
 int RunPrefetch(const PrefetchArgs& args);

@@ -206,6 +206,29 @@ int main(int argc, char** argv) {
     cache_actions.push_back(a);
   }
 
+  BenchArgs bench;
+  auto* cb = app.add_subcommand("bench", "Time a cold start the usual ways and coldstart's, side by side: phases, a table, --json, --html");
+  cb->add_option("source", bench.source, "A model folder (served by a fake GCS server on loopback), gs://BUCKET/PREFIX or an http(s) URL");
+  cb->add_option("--scenario", bench.scenarios,
+                 "copy-then-load, parallel-copy-then-load, prefetch-then-load, load, load-cache-cold, load-cache-warm, "
+                 "device, first-token, server (repeatable; default all but device and server)");
+  cb->add_option("--runs", bench.runs, "Runs of each scenario (min, median, max)")->capture_default_str()->check(CLI::Range(1, 1000));
+  cb->add_flag("--cold", bench.cold, "Drop the model's pages from the page cache before each run (says how)");
+  cb->add_option("--json", bench.json, "Write one row per scenario, peer, run and replica here (README: coldstart bench)");
+  cb->add_option("--html", bench.html, "Write a self-contained HTML report here");
+  cb->add_option("--cap-per-connection", bench.cap_per_connection, "Per-connection rate of the fake server, e.g. 50MB (= 50 MB/s)");
+  cb->add_option("--cap-link", bench.cap_link, "Rate of all the fake server's connections together, e.g. 1GB");
+  cb->add_option("--replicas", bench.replicas, "Start each scenario this many times at once against one origin")
+      ->capture_default_str()->check(CLI::Range(1, 256));
+  cb->add_option("--compare", bench.compare, "OLD.json NEW.json: the medians' changes; exit 1 when one is >10% slower")->expected(2);
+  cb->add_option("--cmd", bench.server_cmd, "Scenario server: the command ({src}: the model's URL, {coldstart}: this executable)");
+  cb->add_option("--ready-url", bench.ready_url, "Scenario server: ready when this URL answers 200");
+  cb->add_option("--request", bench.request_file, "Scenario server: POST this JSON file once ready, and time its answer")->check(CLI::ExistingFile);
+  cb->add_option("--request-url", bench.request_url, "Scenario server: where --request goes (default: the ready URL's origin + /v1/completions)");
+  cb->add_option("--device", bench.device, "Scenario device: sim or cuda[:N]")->capture_default_str();
+  cb->add_option("--work-dir", bench.work_dir, "Folder for copies and caches (default $TMPDIR or /tmp)");
+  cb->add_option("--timeout", bench.timeout_s, "Seconds one child process may take")->capture_default_str()->check(CLI::PositiveNumber);
+
   auto* ce = app.add_subcommand("env", "List the COLDSTART_* environment variables, their defaults and values");
 
   // CLI11 reads an unknown first word as a stray positional and says "A subcommand is required".
@@ -245,6 +268,10 @@ int main(int argc, char** argv) {
     if (auto m = ParseProgressMode(*v); !m.ok()) return ReportError(std::move(m).error().WithContext("COLDSTART_PROGRESS"));
   }
   if (auto st = coldstart::ConfigureLogging(coldstart::Env::FromProcess()); !st.ok()) return ReportError(st.error());
+  if (cb->parsed()) {
+    for (int i = 0; i < argc; ++i) bench.command_line += (i ? " " : "") + std::string(argv[i]);
+    return RunBench(bench);
+  }
   if (ci->parsed()) return RunInspect(inspect);
   if (cl->parsed()) return RunLoad(load);
   if (cr->parsed()) return RunRun(run);

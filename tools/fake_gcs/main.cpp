@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "coldstart/core/env.h"
@@ -16,13 +17,14 @@ int main(int argc, char** argv) {
   namespace fg = coldstart::fakegcs;
   CLI::App app{"Fake Google Cloud Storage server on loopback, for coldstart tests"};
   fg::ServerOptions opt;
-  std::string rate, delay;
+  std::string rate, link_rate, delay;
   std::vector<std::string> fault_texts;
   app.add_option("--root", opt.root, "Directory served as ROOT/BUCKET/OBJECT")->required()->check(CLI::ExistingDirectory);
   app.add_option("--port", opt.port, "Port (0 = pick a free one)")->capture_default_str();
   app.add_option("--host", opt.host, "Address to bind")->capture_default_str();
   app.add_option("--token", opt.required_token, "Require 'Authorization: Bearer TOKEN' (or a token this server issued)");
   app.add_option("--rate-limit", rate, "Per-connection media rate, bytes/s (e.g. 4MiB)");
+  app.add_option("--link-rate-limit", link_rate, "Media rate of all connections together, bytes/s (e.g. 100MB)");
   app.add_option("--first-byte-delay", delay, "Delay before answering storage requests (e.g. 200ms)");
   app.add_option("--threads", opt.threads, "Worker threads (one per open connection)")->capture_default_str();
   app.add_option("--write-sa-key", opt.sa_key_out, "Write a service-account JSON key whose JWTs /token accepts");
@@ -31,13 +33,15 @@ int main(int argc, char** argv) {
   app.add_option("--fault", fault_texts, "Fault, e.g. kind=status,status=503,count=2,object=*/model-* (repeatable)");
   CLI11_PARSE(app, argc, argv);
 
-  if (!rate.empty()) {
-    auto r = coldstart::ParseBytes(rate);
+  for (auto [text, out, flag] : {std::tuple{&rate, &opt.rate_limit_bytes_per_s, "--rate-limit"},
+                                 std::tuple{&link_rate, &opt.link_rate_limit_bytes_per_s, "--link-rate-limit"}}) {
+    if (text->empty()) continue;
+    auto r = coldstart::ParseBytes(*text);
     if (!r.ok()) {
-      std::cerr << "coldstart-fake-gcs: --rate-limit: " << r.error().ToString() << "\n";
+      std::cerr << "coldstart-fake-gcs: " << flag << ": " << r.error().ToString() << "\n";
       return 2;
     }
-    opt.rate_limit_bytes_per_s = static_cast<double>(*r);
+    *out = static_cast<double>(*r);
   }
   if (!delay.empty()) {
     auto d = coldstart::ParseSeconds(delay);

@@ -292,6 +292,20 @@ struct Server::Impl {
   std::set<std::string, std::less<>> issued_tokens;
   std::map<std::string, std::shared_ptr<HashSlot>> hash_cache;
 
+  std::mutex link_mu;
+  Clock::time_point link_next{};  // GUARDED_BY(link_mu): when the link is free again
+
+  // Books `bytes` on the shared link: the moment they have gone out at the link's rate after
+  // everything booked before them. Idle time is not saved up (no burst above the rate).
+  Clock::time_point BookLink(std::size_t bytes) {
+    std::lock_guard lock(link_mu);
+    const auto now = Clock::now();
+    if (link_next < now) link_next = now;
+    link_next += std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(static_cast<double>(bytes) / opt.link_rate_limit_bytes_per_s));
+    return link_next;
+  }
+
   std::string endpoint() const { return "http://" + opt.host + ":" + std::to_string(port); }
   std::string token_uri() const { return endpoint() + "/token"; }
 
@@ -698,9 +712,11 @@ struct Server::Impl {
     bool Provide(std::size_t offset, std::size_t len, httplib::DataSink& sink) {
       if (impl->stopping) return false;
       const double rate = impl->opt.rate_limit_bytes_per_s;
+      const double link_rate = impl->opt.link_rate_limit_bytes_per_s;
       std::size_t chunk = std::min(len, kSliceBytes);
       // ~50 slices a second keeps a rate-limited stream smooth rather than bursty.
       if (rate > 0) chunk = std::min(chunk, std::max<std::size_t>(1024, static_cast<std::size_t>(rate / 50)));
+      if (link_rate > 0) chunk = std::min(chunk, std::max<std::size_t>(1024, static_cast<std::size_t>(link_rate / 200)));
       if (fault && fault->kind != FaultSpec::Kind::kCorrupt) {
         if (offset >= fault->after_bytes) return Break();
         chunk = std::min<std::size_t>(chunk, fault->after_bytes - offset);  // stop exactly at after_bytes
@@ -721,6 +737,10 @@ struct Server::Impl {
         auto due = *began + std::chrono::duration_cast<Clock::duration>(
                                 std::chrono::duration<double>(static_cast<double>(sent + chunk) / rate));
         auto wait = std::chrono::duration<double>(due - Clock::now()).count();
+        if (wait > 0 && !impl->SleepFor(wait)) return false;
+      }
+      if (link_rate > 0) {
+        auto wait = std::chrono::duration<double>(impl->BookLink(chunk) - Clock::now()).count();
         if (wait > 0 && !impl->SleepFor(wait)) return false;
       }
       if (!sink.write(buf.data(), chunk)) return false;

@@ -59,6 +59,8 @@ struct ServerOptions {
   std::string required_token;   // if set, storage endpoints need "Authorization: Bearer <token>"
                                 // (or a token this server issued), else 401
   double rate_limit_bytes_per_s = 0;  // per connection, media bodies only; 0 = unlimited
+  double link_rate_limit_bytes_per_s = 0;  // all media bodies together (one token bucket with no
+                                           // burst: a link's capacity); 0 = unlimited
   double first_byte_delay_s = 0;      // every storage API request (JSON and XML), before headers
   unsigned threads = 64;        // worker threads; one per open connection (clients open 32+)
   std::string sa_key_out;       // if set: generate an RSA-2048 key pair, write a service-account
