@@ -15,7 +15,7 @@ torch==2.15.0`). Contenders, interleaved run by run so that background noise hit
                      forward (eager attention), argmax
   remote (coldstart-fake-gcs on loopback, --cap per connection):
     coldstart-gs     coldstart run gs://bench/model ... (streams the weights, computes layer N
-                     as soon as it has arrived)
+                     as soon as it has arrived); coldstart-gs-bf16 with --dtype bf16
     curl+hf          one curl stream per file into a folder, then hf_first_token.py (bf16):
                      the "copy at boot, then load" of the people we build for
 
@@ -120,6 +120,7 @@ def main():
     }
     if server:
         contenders["coldstart-gs"] = lambda: coldstart_run(binary, "gs://bench/model", "f32", env)
+        contenders["coldstart-gs-bf16"] = lambda: coldstart_run(binary, "gs://bench/model", "bf16", env)
         contenders["curl+hf-bf16"] = lambda: curl_then_hf(python, endpoint, files, os.path.join(work, "copy"), "bf16")
     rows = {k: [] for k in contenders}
     try:
@@ -147,10 +148,13 @@ def main():
     print(f"  hf-f32  / coldstart-f32  = {med['hf-f32'] / med['coldstart-f32']:.2f}x")
     if server:
         print(f"  curl+hf-bf16 / coldstart-gs = {med['curl+hf-bf16'] / med['coldstart-gs']:.2f}x")
-        gs = rows["coldstart-gs"]
-        hidden = statistics.median(r["first_token_s"] - r["load_ready_s"] for r in gs)
-        print(f"  coldstart-gs: first token - load ready = {hidden:+.3f} s "
-              f"(load ready {statistics.median(r['load_ready_s'] for r in gs):.2f} s)")
+        print(f"  curl+hf-bf16 / coldstart-gs-bf16 = {med['curl+hf-bf16'] / med['coldstart-gs-bf16']:.2f}x")
+        for k in ("coldstart-gs", "coldstart-gs-bf16"):
+            gs = rows[k]
+            hidden = statistics.median(r["first_token_s"] - r["load_ready_s"] for r in gs)
+            print(f"  {k}: first token - load ready = {hidden:+.3f} s (load ready "
+                  f"{statistics.median(r['load_ready_s'] for r in gs):.2f} s, libtorch ready "
+                  f"{statistics.median(r['libtorch_s'] for r in gs):.2f} s)")
     for k in ("coldstart-f32", "coldstart-bf16"):
         r = rows[k]
         print(f"  {k}: libtorch ready {statistics.median(x['libtorch_s'] for x in r):.2f} s, load ready "

@@ -1,6 +1,7 @@
 #include "run_model.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <chrono>
@@ -140,7 +141,14 @@ std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::
     if (t.Has("io_started") || t.Has("first_byte") || load->progress().finished) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return std::async(std::launch::async, [] { return LoadTorchPlugin(); }).share();
+  return std::async(std::launch::async, [] {
+           // At the lowest CPU priority: on a small machine the dlopen (relocations, static
+           // initialisers) would otherwise take a core from the load's readers. The thread ends
+           // after the dlopen; libtorch starts no thread while loading.
+           ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+           return LoadTorchPlugin();
+         })
+      .share();
 }
 
 Result<std::vector<std::int32_t>> ParseIdList(const std::string& text) {
