@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
 #include <torch/version.h>
 
 #include <cmath>
@@ -300,7 +301,7 @@ at::Tensor Model::Forward(const at::Tensor& ids_in, KVCache& cache, std::int64_t
     Fail(Errc::kResourceExhausted, "the KV cache holds " + std::to_string(cache.capacity_) + " positions; " +
                                        std::to_string(start + T) + " needed");
   if (logits_for < 1 || logits_for > T) logits_for = T;
-  at::NoGradGuard no_grad;
+  c10::AutoGradMode no_grad(false);
   EnsureEmbeddings();
   at::Tensor ids = ids_in.to(at::kLong);
   if (ids.min().item<std::int64_t>() < 0 || ids.max().item<std::int64_t>() >= c.vocab_size)
@@ -339,18 +340,35 @@ at::Tensor Model::Forward(const at::Tensor& ids_in, KVCache& cache, std::int64_t
     cache.k_[i].narrow(1, start, T).copy_(k);
     cache.v_[i].narrow(1, start, T).copy_(v.transpose(0, 1));
     at::Tensor keys = cache.k_[i].narrow(1, 0, L), values = cache.v_[i].narrow(1, 0, L);
-    // Grouped-query attention without repeating keys: the `rep` query heads that share a kv
-    // head are stacked along the position axis.
-    at::Tensor qg = q.view({nkv, rep * T, D});
-    at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)) * c.attention_scale;  // [nkv, rep*T, L]
-    if (c.attn_logit_softcapping) {
-      const double cap = *c.attn_logit_softcapping;
-      scores = at::tanh(scores / cap) * cap;
-    }
     const at::Tensor& allowed = c.sliding[i] ? sliding_mask : causal;
-    scores = scores.view({nkv, rep, T, L}).masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(x.scalar_type()).view({nkv, rep * T, L});
-    at::Tensor attn = at::matmul(probs, values).view({nh, T, D}).transpose(0, 1).reshape({T, nh * D});
+    at::Tensor attn;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+    if (!c.attn_logit_softcapping) {
+      // libtorch 2.1+: the fused attention (flash / memory-efficient kernels on CUDA), with the
+      // family's scale; kv heads repeated for grouped-query attention. Gemma 2's softcapping
+      // needs the scores, so it keeps the explicit path below.
+      at::Tensor kf = rep > 1 ? keys.repeat_interleave(rep, 0) : keys;
+      at::Tensor vf = rep > 1 ? values.repeat_interleave(rep, 0) : values;
+      attn = at::scaled_dot_product_attention(q.unsqueeze(0), kf.unsqueeze(0), vf.unsqueeze(0), allowed, 0.0,
+                                              /*is_causal=*/false, c.attention_scale)
+                 .squeeze(0)
+                 .transpose(0, 1)
+                 .reshape({T, nh * D});
+    }
+#endif
+    if (!attn.defined()) {
+      // Grouped-query attention without repeating keys: the `rep` query heads that share a kv
+      // head are stacked along the position axis. Softmax in f32, as transformers' eager path.
+      at::Tensor qg = q.view({nkv, rep * T, D});
+      at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)) * c.attention_scale;  // [nkv, rep*T, L]
+      if (c.attn_logit_softcapping) {
+        const double cap = *c.attn_logit_softcapping;
+        scores = at::tanh(scores / cap) * cap;
+      }
+      scores = scores.view({nkv, rep, T, L}).masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+      at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(x.scalar_type()).view({nkv, rep * T, L});
+      attn = at::matmul(probs, values).view({nh, T, D}).transpose(0, 1).reshape({T, nh * D});
+    }
     at::Tensor o = at::linear(attn, W.o, W.ob);
     if (c.sandwich_norm) {
       x = residual + Norm(o, W.post_attn_norm);
