@@ -247,7 +247,7 @@ TEST(Generator, GreedyGenerationStopsAtEosUnlessIgnored) {
   const auto want = expected["f32"]["greedy_ids"].get<std::vector<std::int32_t>>();
   auto prompt = expected["prompt_ids"].get<std::vector<std::int32_t>>();
   auto load = StartLoad(dir);
-  auto gen = MakeGenerator(load, ParseConfigOf(dir, *load), ModelOptions{ComputeDType::kF32, {}});
+  auto gen = MakeGenerator(load, ParseConfigOf(dir, *load), ModelOptions{ComputeDType::kF32, {}, {}});
   ASSERT_TRUE(gen.ok()) << gen.error().ToString();
   GenerateOptions o;
   o.max_new_tokens = static_cast<std::int64_t>(want.size());
