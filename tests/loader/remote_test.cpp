@@ -306,9 +306,11 @@ TEST_F(RemoteTest, InterruptedPrefetchResumesAndDropsStalePartials) {
   for (int attempt = 0; attempt < 4 && kept.size() != 3; ++attempt) {
     for (const auto& e : fs::directory_iterator(dest.path())) fs::remove_all(e.path());
     server_->ClearFaults();
-    // One range of each shard stalls: the rest arrives, then the run is cancelled.
+    // One range of each shard stalls: the rest arrives, then the run is cancelled. The stall
+    // outlasts the rest of the transfer by far (12 s; the cancel ends it at once): at 3 s a
+    // ThreadSanitizer run under load saw a stalled range finish first, 4 attempts in a row.
     for (const char* shard : {"1", "2", "3"}) {
-      FaultSpec f = Fault(FaultSpec::Kind::kStall, 100000, 1, 0, 3.0);
+      FaultSpec f = Fault(FaultSpec::Kind::kStall, 100000, 1, 0, 12.0);
       f.object_glob = std::string("bkt/models/m/model-0000") + shard + "-of-00003.safetensors";
       server_->AddFault(f);
     }
