@@ -39,6 +39,7 @@ def main():
     parser.add_argument("model_dir")
     parser.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
     parser.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (from_pretrained(device_map=...))")
     args = parser.parse_args()
     try:
         ids = [int(x) for x in args.prompt_ids.split(",")]
@@ -49,12 +50,13 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, attn_implementation="eager")
+    kwargs = {} if args.device == "cpu" else {"device_map": args.device}
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, attn_implementation="eager", **kwargs)
     model.eval()
     loaded = time.perf_counter()
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits
-        first = int(torch.argmax(logits[0, -1]))
+        logits = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits
+        first = int(torch.argmax(logits[0, -1]))  # .item() waits for the device
     done = time.perf_counter()
     print(json.dumps({
         "start_s": round(_SCRIPT - _START, 4),
@@ -64,6 +66,7 @@ def main():
         "total_s": round(done - _START, 4),
         "first_token": first,
         "dtype": args.dtype,
+        "device": args.device,
         "prompt_ids": ids,
         "threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
