@@ -1318,10 +1318,6 @@ class LoadRun final : public LoadHandle {
     }
     return p;
   }
-  std::shared_ptr<const void> memory_owner() const override {
-    if (host_) return host_;
-    return device_;
-  }
   void Cancel() override { ctl_.cancel = true; }
   Progress progress() const override {
     return {done_bytes_.load(), plan_.source_bytes, state_->tensors_ready(), plan_.selected.size(), state_->Finished()};

@@ -327,15 +327,20 @@ Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel rm, const HostLo
   m.remote = std::move(rm);
   CS_ASSIGN_OR_RETURN(auto handle, StartLoad(std::move(m), ToLoadOptions(options)));
   auto st = handle->WaitAll();
-  if (stats) {
-    stats->fetch = handle->source_stats().fetch;
-    stats->verified_crc32c = handle->source_stats().all_verified;
-    stats->verified_md5 = handle->source_stats().verified_md5;
-    stats->cache_hit_bytes = handle->source_stats().cache_hit_bytes;
-    stats->cache_filled_bytes = handle->source_stats().cache_filled_bytes;
-  }
+  if (stats) *stats = RemoteStatsOf(*handle);
   CS_RETURN_IF_ERROR(st);
   return handle->host_model();
+}
+
+RemoteLoadStats RemoteStatsOf(const LoadHandle& handle) {
+  const auto& s = handle.source_stats();
+  RemoteLoadStats r;
+  r.fetch = s.fetch;
+  r.verified_crc32c = s.all_verified;
+  r.verified_md5 = s.verified_md5;
+  r.cache_hit_bytes = s.cache_hit_bytes;
+  r.cache_filled_bytes = s.cache_filled_bytes;
+  return r;
 }
 
 }  // namespace coldstart::loader

@@ -29,21 +29,7 @@ Status CheckOnlyMatches(const loader::ModelLayout& layout, const std::vector<std
 Status CheckCpuLoadFlags(const LoadArgs& args, const loader::DeviceSpec& device);
 
 
-// The disk cache for this load: --cache/--cache-dir, else COLDSTART_CACHE_DIR. It keeps
-// remote objects; asked for explicitly on a local source it is a usage error, from the
-// environment it is simply not used.
-Result<std::shared_ptr<cache::DiskCache>> LoadCache(const LoadArgs& args) {
-  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(args.source));
-  const bool remote = src.kind != fetch::SourceKind::kLocal;
-  const bool explicit_flags = args.cache.use || !args.cache.dir.empty() || !args.cache.max_bytes.empty();
-  if (!remote) {
-    if (explicit_flags)
-      return MakeError(Errc::kInvalidArgument, "--cache/--cache-dir keep gs:// and http(s):// objects; " + args.source +
-                                                   " is local and is read in place");
-    return std::shared_ptr<cache::DiskCache>();
-  }
-  return OpenCache(args.cache, Env::FromProcess());
-}
+Result<std::shared_ptr<cache::DiskCache>> LoadCache(const LoadArgs& args) { return SourceCache(args.source, args.cache); }
 
 // " [cache DIR: X served, Y written]" for the summary line.
 std::string CacheSummary(const cache::DiskCache* c, std::uint64_t hit, std::uint64_t filled) {
@@ -104,12 +90,7 @@ int RunLoad(const LoadArgs& args) {
     } else {
       if (args.torch) plugin_future = StartTorchAfter(handle->get(), &prefetch);
       auto st = (*handle)->WaitAll();
-      const auto& ss = (*handle)->source_stats();
-      remote_stats.fetch = ss.fetch;
-      remote_stats.verified_crc32c = ss.all_verified;
-      remote_stats.verified_md5 = ss.verified_md5;
-      remote_stats.cache_hit_bytes = ss.cache_hit_bytes;
-      remote_stats.cache_filled_bytes = ss.cache_filled_bytes;
+      remote_stats = loader::RemoteStatsOf(**handle);
       if (st.ok()) {
         host = (*handle)->host_model();
       } else {

@@ -10,32 +10,6 @@
 #include "run_model.h"
 
 namespace coldstart::cli {
-namespace {
-
-runtime::ChatFormat ChatFormatOf(runtime::Family f) {
-  switch (f) {
-    case runtime::Family::kGemma3:
-    case runtime::Family::kGemma2: return runtime::ChatFormat::kGemma;
-    case runtime::Family::kLlama: return runtime::ChatFormat::kLlama3;
-    case runtime::Family::kQwen2: return runtime::ChatFormat::kQwen2;
-  }
-  return runtime::ChatFormat::kNone;
-}
-
-}  // namespace
-
-// The prompt's ids: --prompt-ids as given, or --prompt through the model's tokenizer (and its
-// chat template with --chat).
-Result<std::vector<std::int32_t>> PromptIds(const RunningModel& m, const std::string& prompt, const std::string& ids, bool chat) {
-  if (!ids.empty()) return ParseIdList(ids);
-  if (!m.tokenizer) return Error(m.tokenizer_error).WithContext("--prompt needs the model's tokenizer (or use --prompt-ids)");
-  if (chat) {
-    CS_ASSIGN_OR_RETURN(auto text, runtime::ApplyChatTemplate(ChatFormatOf(m.config.family), prompt));
-    return m.tokenizer->Encode(text, /*add_special=*/false);
-  }
-  return m.tokenizer->Encode(prompt, /*add_special=*/true);
-}
-
 int RunRun(const RunArgs& args) {
   InstallCancelSignals();
   if (args.prompt.empty() == args.prompt_ids.empty())
@@ -60,7 +34,7 @@ int RunRun(const RunArgs& args) {
   runtime::GenerateOptions go;
   go.max_new_tokens = args.max_new_tokens;
   go.ignore_eos = args.ignore_eos;
-  go.eos_ids = EosIds(*m);
+  go.eos_ids = m->eos_ids;
   go.sampling = sampling;
   // Text as it is generated (not with --json); a character split over tokens waits for its end.
   std::optional<runtime::DecodeStream> stream;
@@ -88,11 +62,6 @@ int RunRun(const RunArgs& args) {
   if (!r.ok()) return ReportError(r.error());
   // The load may still be verifying the last object: its errors count.
   if (auto st = m->load->WaitAll(); !st.ok()) return ReportError(st.error());
-  std::string text;
-  if (m->tokenizer) {
-    auto t = m->tokenizer->Decode(r->output_ids);
-    if (t.ok()) text = std::move(*t);
-  }
   const auto& lt = m->load->timeline();
   if (args.json) {
     nlohmann::ordered_json j;
@@ -101,8 +70,12 @@ int RunRun(const RunArgs& args) {
     j["libtorch"] = m->torch_version;
     j["prompt_ids"] = *prompt;
     j["output_ids"] = r->output_ids;
-    if (m->tokenizer) j["text"] = text;
-    else j["text"] = nullptr;
+    j["text"] = nullptr;
+    if (m->tokenizer) {
+      auto text = m->tokenizer->Decode(r->output_ids);
+      if (!text.ok()) return ReportError(text.error());
+      j["text"] = std::move(*text);
+    }
     auto& tl = j["top_logits"] = nlohmann::ordered_json::array();
     for (const auto& [id, logit] : r->top_logits) tl.push_back({id, logit});
     j["stop_reason"] = r->stop_reason;

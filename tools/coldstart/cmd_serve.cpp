@@ -23,8 +23,6 @@
 
 namespace coldstart::cli {
 
-Result<std::vector<std::int32_t>> PromptIds(const RunningModel& m, const std::string& prompt, const std::string& ids, bool chat);
-
 namespace {
 
 using json = nlohmann::ordered_json;
@@ -103,7 +101,7 @@ Result<Request> ParseRequest(const std::string& body, const RunningModel& m, std
     std::erase(r.stop, std::string());
     if (!r.stop.empty() && !m.tokenizer) return bad("\"stop\" needs the model's tokenizer");
   }
-  r.gen.eos_ids = EosIds(m);
+  r.gen.eos_ids = m.eos_ids;
   return r;
 }
 

@@ -73,4 +73,13 @@ Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& so
   return fetch::RemoteSession::Open(source, o, Env::FromProcess());
 }
 
+Result<std::shared_ptr<cache::DiskCache>> SourceCache(const std::string& source, const CacheFlags& flags) {
+  CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(source));
+  if (src.kind != fetch::SourceKind::kLocal) return OpenCache(flags, Env::FromProcess());
+  if (flags.use || !flags.dir.empty() || !flags.max_bytes.empty())
+    return MakeError(Errc::kInvalidArgument,
+                     "--cache/--cache-dir keep gs:// and http(s):// objects; " + source + " is local and is read in place");
+  return std::shared_ptr<cache::DiskCache>();
+}
+
 }  // namespace coldstart::cli

@@ -15,6 +15,10 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags);
 Result<std::shared_ptr<fetch::RemoteSession>> OpenRemote(const fetch::Source& source, const RemoteFlags& flags);
 // The disk cache the flags (then COLDSTART_CACHE_DIR) ask for; nullptr when none is.
 Result<std::shared_ptr<cache::DiskCache>> OpenCache(const CacheFlags& flags, const Env& env);
+// The disk cache for loading `source` (load, run, serve): --cache/--cache-dir, else
+// COLDSTART_CACHE_DIR. It keeps remote objects; asked for explicitly on a local source it is a
+// usage error, from the environment it is simply not used (null).
+Result<std::shared_ptr<cache::DiskCache>> SourceCache(const std::string& source, const CacheFlags& flags);
 // Any SRC (path, gs://, http(s)://) with the remote flags: loader::OpenModel.
 Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags, cache::DiskCache* cache = nullptr);
 // The disk cache's options: defaults, COLDSTART_CACHE_*, then --cache-dir; with neither,

@@ -20,6 +20,8 @@
 namespace coldstart::cli {
 namespace {
 
+std::vector<std::int64_t> EosIds(const RunningModel& m);
+
 // Text files a model folder carries next to its shards (never large: tokenizer.json is at most
 // tens of MB; Gemma's tokenizer.model is read instead of its 33 MB tokenizer.json).
 constexpr std::uint64_t kMaxTextFile = 64ull << 20;
@@ -75,6 +77,7 @@ F32Weights::F32Weights(std::shared_ptr<loader::LoadHandle> load, const runtime::
   for (const auto& t : layout.tensors) {
     auto p = load_->Place(t.name);
     if (!p.ok() || p->dtype != loader::DType::kBF16 || p->on_device || !runtime::IsDecoderTensor(config, t.name)) continue;
+    if (t.name.ends_with("norm.weight")) continue;  // the model makes its own f32 (1 + w) of these
     wanted_.insert(t.name);
     const int layer = loader::TensorLayer(t.name);
     if (layer >= 0) {
@@ -113,7 +116,6 @@ void F32Weights::Run() {
       const std::uint64_t n = p->nbytes / 2;
       std::unique_ptr<float[]> out(new float[n]);
       loader::ConvertBf16ToF32(reinterpret_cast<const std::byte*>(p->address), n, reinterpret_cast<std::byte*>(out.get()));
-      bytes_ += n * sizeof(float);
       std::lock_guard lk(mu_);
       done_.emplace(name, std::move(out));
       cv_.notify_all();
@@ -185,15 +187,7 @@ Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(s
   CS_ASSIGN_OR_RETURN(m.device, loader::ParseDevice(flags.device));
   CS_ASSIGN_OR_RETURN(auto dtype, runtime::ParseComputeDType(flags.dtype));
   CS_ASSIGN_OR_RETURN(auto src, fetch::ParseSource(flags.source));
-  std::shared_ptr<cache::DiskCache> disk_cache;
-  const bool remote = src.kind != fetch::SourceKind::kLocal;
-  const bool explicit_cache = flags.cache.use || !flags.cache.dir.empty() || !flags.cache.max_bytes.empty();
-  if (remote) {
-    CS_ASSIGN_OR_RETURN(disk_cache, OpenCache(flags.cache, Env::FromProcess()));
-  } else if (explicit_cache) {
-    return MakeError(Errc::kInvalidArgument, "--cache/--cache-dir keep gs:// and http(s):// objects; " + flags.source +
-                                                 " is local and is read in place");
-  }
+  CS_ASSIGN_OR_RETURN(auto disk_cache, SourceCache(flags.source, flags.cache));
   CS_ASSIGN_OR_RETURN(auto opened, OpenModel(flags.source, flags.remote, disk_cache.get()));
   std::shared_ptr<fetch::RemoteSession> session = opened.remote ? opened.remote->session : nullptr;
   CS_ASSIGN_OR_RETURN(auto config_text, ReadSideFile(src, session.get(), "config.json"));
@@ -263,7 +257,7 @@ Result<RunningModel> StartModel(const ModelRunFlags& flags, std::function<bool(s
   } else {
     m.tokenizer_error = MakeError(Errc::kNotFound, flags.source + " has no tokenizer.model or tokenizer.json");
   }
-  m.marks.Mark("tokenizer");
+  m.eos_ids = EosIds(m);
   return m;
 }
 
@@ -287,6 +281,35 @@ Status FinishModel(RunningModel& m, const ModelRunFlags& flags) {
   return OkStatus();
 }
 
+namespace {
+
+runtime::ChatFormat ChatFormatOf(runtime::Family f) {
+  switch (f) {
+    case runtime::Family::kGemma3:
+    case runtime::Family::kGemma2: return runtime::ChatFormat::kGemma;
+    case runtime::Family::kLlama: return runtime::ChatFormat::kLlama3;
+    case runtime::Family::kQwen2: return runtime::ChatFormat::kQwen2;
+  }
+  return runtime::ChatFormat::kNone;
+}
+
+}  // namespace
+
+// The prompt's ids: --prompt-ids as given, or --prompt through the model's tokenizer (and its
+// chat template with --chat).
+Result<std::vector<std::int32_t>> PromptIds(const RunningModel& m, const std::string& prompt, const std::string& ids, bool chat) {
+  if (!ids.empty()) return ParseIdList(ids);
+  if (!m.tokenizer) return Error(m.tokenizer_error).WithContext("--prompt needs the model's tokenizer (or use --prompt-ids)");
+  if (chat) {
+    CS_ASSIGN_OR_RETURN(auto text, runtime::ApplyChatTemplate(ChatFormatOf(m.config.family), prompt));
+    return m.tokenizer->Encode(text, /*add_special=*/false);
+  }
+  return m.tokenizer->Encode(prompt, /*add_special=*/true);
+}
+
+namespace {
+
+// config.json's, generation_config.json's and the tokenizer's end-of-sequence ids, once.
 std::vector<std::int64_t> EosIds(const RunningModel& m) {
   std::vector<std::int64_t> ids = m.config.eos_token_ids;
   auto add = [&](std::int64_t id) {
@@ -306,5 +329,7 @@ std::vector<std::int64_t> EosIds(const RunningModel& m) {
     for (auto id : m.tokenizer->eos_ids()) add(id);
   return ids;
 }
+
+}  // namespace
 
 }  // namespace coldstart::cli

@@ -44,7 +44,6 @@ class F32Weights {
   // The f32 copy of `name`, once converted (waits for it); nullptr when it is not a BF16 weight
   // of this load or the load failed.
   const float* Get(const std::string& name);
-  std::uint64_t bytes() const { return bytes_; }
 
  private:
   void Run();
@@ -56,7 +55,6 @@ class F32Weights {
   std::set<std::string> wanted_;
   bool finished_ = false;  // GUARDED_BY(mu_)
   std::atomic<bool> stop_{false};
-  std::atomic<std::uint64_t> bytes_{0};
   std::thread thread_;
 };
 
@@ -68,8 +66,11 @@ struct RunningModel {
   std::unique_ptr<runtime::Tokenizer> tokenizer;  // null when the model folder has none
   Error tokenizer_error;                          // why it is null
   std::unique_ptr<runtime::Generator> generator;  // after Finish()
+  // config.json's, generation_config.json's and the tokenizer's end-of-sequence ids (with the
+  // chat end-of-turn), read once.
+  std::vector<std::int64_t> eos_ids;
   std::shared_ptr<LayerTimes> layers;
-  Timeline marks;  // "libtorch" (plugin loaded), "config", "tokenizer", "generator"
+  Timeline marks;  // "libtorch" (plugin loaded), "config", "generator"
   loader::DeviceSpec device;
   std::string torch_version;
   std::shared_future<Result<const TorchPluginApi*>> torch;  // libtorch loading (StartModel)
@@ -100,7 +101,9 @@ Status FinishModel(RunningModel& m, const ModelRunFlags& flags);
 // "2,17,200" -> ids.
 Result<std::vector<std::int32_t>> ParseIdList(const std::string& text);
 
-// The generation options from the model's generation_config.json and config (EOS ids).
-std::vector<std::int64_t> EosIds(const RunningModel& m);
+// The prompt's ids: `ids` ("2,17,200") as given, or `prompt` through the model's tokenizer (and
+// its chat template with `chat`).
+Result<std::vector<std::int32_t>> PromptIds(const RunningModel& m, const std::string& prompt, const std::string& ids,
+                                            bool chat);
 
 }  // namespace coldstart::cli

@@ -224,9 +224,8 @@ class LoadHandle {
   // kNotFound for a tensor this load does not hold.
   virtual Result<Placement> Place(std::string_view name) const = 0;
   // Every tensor of the model (a filtered load holds only the selected ones: Place says).
+  // The memory behind every Placement lives as long as the handle.
   virtual const ModelLayout& layout() const = 0;
-  // Shares ownership of the memory behind every Placement (the host or device model).
-  virtual std::shared_ptr<const void> memory_owner() const = 0;
   virtual void Cancel() = 0;
   struct Progress {
     std::uint64_t bytes_done = 0, bytes_total = 0;

@@ -59,6 +59,9 @@ Result<std::vector<bool>> VerifyCrc32c(std::span<const fetch::RemoteFile> files,
                                        std::span<const fetch::FetchRange> ranges,
                                        std::span<const std::uint32_t> range_crc);
 
+// What a finished load's source reports, as RemoteLoadStats.
+RemoteLoadStats RemoteStatsOf(const class LoadHandle& handle);
+
 // Fetches every tensor byte into one arena; fails with Errc::kIntegrity on a CRC32C mismatch.
 Result<std::shared_ptr<HostModel>> LoadRemoteToHost(RemoteModel model, const HostLoadOptions& options,
                                                     RemoteLoadStats* stats = nullptr);

@@ -29,7 +29,6 @@ class KVCache {
  public:
   std::int64_t length() const { return length_; }
   std::int64_t capacity() const { return capacity_; }
-  void Clear() { length_ = 0; }
 
  private:
   friend class Model;
