@@ -3,6 +3,9 @@
 # same bytes in memory (--no-torch), and into tensors after libtorch's libraries are dropped from
 # the page cache (posix_fadvise DONTNEED on the plugin and every library ldd lists for it).
 # Interleaved, RUNS rounds; prints each variant's `seconds` (process start to tensors), sorted.
+# Before every run, build/bench/seqread --keep faults in and frees twice the model's size of
+# memory (as bench/runai_compare.py does), so the cost this VM pays for memory its host took back
+# falls on the primer, not on the contender.
 #   bench/torch_load.sh [MODEL (default /tmp/m2g: coldstart synth /tmp/m2g --preset gemma-3-1b --size 2GiB)] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +24,10 @@ for p in libs:
     os.close(fd)
 PY
 }
+files=("$model"/*.safetensors)
 for ((i = 0; i < runs; i++)); do
   for mode in no-torch torch torch-libs-dropped; do
+    build/bench/seqread --keep "${files[@]}" "${files[@]}" >/dev/null
     args=()
     case $mode in
       no-torch) args=(--no-torch) ;;

@@ -1,7 +1,6 @@
 #include "run_model.h"
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <chrono>
@@ -143,14 +142,12 @@ std::shared_future<Result<const TorchPluginApi*>> StartTorchAfter(const loader::
     if (t.Has("io_started") || t.Has("first_byte") || load->progress().finished) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return std::async(std::launch::async, [] {
-           // At the lowest CPU priority: on a small machine the dlopen (relocations, static
-           // initialisers) would otherwise take a core from the load's readers. The thread ends
-           // after the dlopen; libtorch starts no thread while loading.
-           ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
-           return LoadTorchPlugin();
-         })
-      .share();
+  // At the normal CPU priority: the dlopen (~0.4 s of one core: symbol lookups and libtorch's
+  // operator registration) is on the critical path of every command that needs tensors. At
+  // nice 19 it got almost no CPU while the readers ran and then ran alone on one core (a warm
+  // 2 GiB `load`: median 1.09 s at nice 19, 0.98 s without, 5 runs each). The thread ends after
+  // the dlopen; libtorch starts no thread while loading.
+  return std::async(std::launch::async, [] { return LoadTorchPlugin(); }).share();
 }
 
 Result<std::vector<std::int32_t>> ParseIdList(const std::string& text) {

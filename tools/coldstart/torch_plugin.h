@@ -43,5 +43,7 @@ void PrefetchTorchLibraries();
 
 // Loads the plugin once; kUnavailable with the reason when it is missing or broken.
 Result<const TorchPluginApi*> LoadTorchPlugin();
+// Whether LoadTorchPlugin succeeded in this process.
+bool TorchPluginLoaded();
 
 }  // namespace coldstart::cli

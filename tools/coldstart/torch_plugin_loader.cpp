@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <climits>
 #include <fstream>
 #include <mutex>
@@ -13,6 +14,8 @@
 
 namespace coldstart::cli {
 namespace {
+
+std::atomic<bool> g_torch_loaded{false};
 
 std::string ExecutableDir() {
   char exe[PATH_MAX];
@@ -35,6 +38,8 @@ void PrefetchTorchLibraries() {
     ::close(fd);
   }
 }
+
+bool TorchPluginLoaded() { return g_torch_loaded.load(); }
 
 Result<const TorchPluginApi*> LoadTorchPlugin() {
   static std::once_flag once;
@@ -61,6 +66,7 @@ Result<const TorchPluginApi*> LoadTorchPlugin() {
     }
     api->set_process_start(Timeline::ProcessStart());
     result = api;  // the handle stays open for the life of the process on purpose
+    g_torch_loaded = true;
   });
   return result;
 }
