@@ -67,6 +67,12 @@ using Clock = std::chrono::steady_clock;
 constexpr double kAttrTimeout = 86400;
 constexpr unsigned kFillThreads = 2;
 constexpr unsigned kMaxFuseThreads = 64;
+// How long read-ahead waits for readers to consume chunks before it evicts one nobody has read
+// (ChunkMemory::Allocate): long enough for a reader that keeps up, short enough that read-ahead
+// stalls only briefly behind a reader that has stopped.
+constexpr std::chrono::milliseconds kReadAheadPatience{50};
+// A reader that read within this long counts as reading now (for kReadAheadPatience).
+constexpr std::chrono::milliseconds kReaderActive{250};
 
 // Which chunk of which file: file << 32 | chunk.
 using ChunkKey = std::uint64_t;
@@ -87,12 +93,23 @@ struct Account {
 struct Buffer {
   std::unique_ptr<std::byte[]> bytes;
   std::size_t len = 0;
+  // Bytes handed to readers from this buffer (a chunk read once, in order, reaches len).
+  std::atomic<std::uint64_t> served{0};
 };
 using BufferPtr = std::shared_ptr<Buffer>;
 
 // Chunk buffers within a byte budget, and the LRU of verified chunks. Freed buffers are kept
 // for the next chunk: a fresh 8 MiB allocation is mmap'd, faulted in and zeroed page by page
 // (clear_page and page faults were ~12% of a warm read's CPU).
+//
+// Which chunk goes when memory is full (EvictOneLocked) follows how model loaders read: each
+// file once, in order, with read-ahead running ahead of them in the same order. Plain LRU kept
+// exactly the wrong chunks: those a reader had just finished (each read moves its chunk to the
+// front) and it evicted the read-ahead chunks nearest the reader, so once read-ahead led by more
+// than the budget, every chunk was read back from the disk cache (a copy and a CRC32C per byte:
+// ~30% of a cold mount's CPU). Now: chunks fully served first (least recently used first), then
+// chunks nobody has read yet, newest first (the furthest ahead of the reader; their bytes are
+// in the disk cache), then partly served ones, least recently used first.
 class ChunkMemory {
  public:
   ChunkMemory(std::uint64_t budget, std::size_t capacity)
@@ -101,11 +118,15 @@ class ChunkMemory {
   std::uint64_t budget() const { return budget_; }
 
   // A buffer of `len` (<= the chunk size) bytes once at most `limit` bytes (this one included)
-  // are in use, evicting verified chunks nobody holds, least recently used first. nullptr when
-  // `deadline` passed or `stop` was set first.
-  BufferPtr Allocate(std::size_t len, std::uint64_t limit, Clock::time_point deadline, const std::atomic<bool>& stop) {
+  // are in use, evicting verified chunks nobody holds (EvictOneLocked's order). nullptr when
+  // `deadline` passed or `stop` was set first. `patience`: how long to wait for readers to free
+  // memory before a chunk nobody has read yet is evicted for this one (read-ahead waits a
+  // little for the reader instead of pushing out what it is about to read).
+  BufferPtr Allocate(std::size_t len, std::uint64_t limit, Clock::time_point deadline, const std::atomic<bool>& stop,
+                     std::chrono::milliseconds patience = std::chrono::milliseconds(0)) {
     std::unique_lock lk(account_->mu);
     std::unique_ptr<std::byte[]> bytes;
+    const auto impatient_at = Clock::now() + patience;
     for (;;) {
       Account& a = *account_;
       if (a.used + capacity_ <= limit) {
@@ -116,9 +137,11 @@ class ChunkMemory {
         }
         if (a.used + capacity_ * (a.pool.size() + 1) <= budget_) break;  // room for a new one
       }
-      if (EvictOneLocked(lk)) continue;
+      const bool may_evict_unread = Clock::now() >= impatient_at;
+      if (EvictOneLocked(lk, may_evict_unread)) continue;
       if (stop.load() || Clock::now() >= deadline) return nullptr;
-      a.cv.wait_until(lk, std::min(deadline, Clock::now() + std::chrono::milliseconds(100)));
+      a.cv.wait_until(lk, std::min({deadline, Clock::now() + std::chrono::milliseconds(100),
+                                    may_evict_unread ? Clock::time_point::max() : impatient_at}));
     }
     account_->used += capacity_;
     lk.unlock();
@@ -180,22 +203,29 @@ class ChunkMemory {
   void WakeAll() { account_->cv.notify_all(); }
 
  private:
-  // Drops the least recently used chunk that only the LRU holds. Called with the lock held;
-  // the buffer's deleter takes the lock, so the lock is released around the free.
-  bool EvictOneLocked(std::unique_lock<std::mutex>& lk) {
-    for (auto it = lru_.rbegin(); it != lru_.rend(); ++it) {
-      // Under the lock nobody can take a new reference (Find holds it), so a count of one
-      // means only the LRU holds this buffer.
-      if (it->second.use_count() != 1) continue;
-      BufferPtr victim = std::move(it->second);
-      index_.erase(it->first);
-      lru_.erase(std::next(it).base());
-      lk.unlock();
-      victim.reset();
-      lk.lock();
-      return true;
-    }
-    return false;
+  // Drops one chunk that only the LRU holds, in the order the class comment gives. Called with
+  // the lock held; the buffer's deleter takes the lock, so the lock is released around the free.
+  bool EvictOneLocked(std::unique_lock<std::mutex>& lk, bool may_evict_unread) {
+    // Under the lock nobody can take a new reference (Find holds it), so a count of one means
+    // only the LRU holds a buffer.
+    auto evictable = [](const BufferPtr& b) { return b.use_count() == 1; };
+    auto consumed = [](const BufferPtr& b) { return b->served.load() >= b->len; };
+    auto unread = [](const BufferPtr& b) { return b->served.load() == 0; };
+    auto victim = lru_.end();
+    for (auto it = lru_.rbegin(); it != lru_.rend() && victim == lru_.end(); ++it)
+      if (evictable(it->second) && consumed(it->second)) victim = std::next(it).base();
+    for (auto it = lru_.begin(); it != lru_.end() && victim == lru_.end() && may_evict_unread; ++it)
+      if (evictable(it->second) && unread(it->second)) victim = it;
+    for (auto it = lru_.rbegin(); it != lru_.rend() && victim == lru_.end(); ++it)
+      if (evictable(it->second) && (may_evict_unread || !unread(it->second))) victim = std::next(it).base();
+    if (victim == lru_.end()) return false;
+    BufferPtr gone = std::move(victim->second);
+    index_.erase(victim->first);
+    lru_.erase(victim);
+    lk.unlock();
+    gone.reset();
+    lk.lock();
+    return true;
   }
 
   const std::uint64_t budget_;
@@ -211,6 +241,9 @@ struct Fetch {
   std::size_t file = 0, chunk = 0;
   ChunkKey key = 0;
   bool read_ahead = false;
+  // Not a fetch: a reader reading the chunk back from the disk cache, so that other readers of
+  // it wait for that one read (a failure sends them round again).
+  bool read_back = false;
   ChunkClaim claim;
   BufferPtr buf;
   // Set by the Origin's done callback (before the fill queue sees it).
@@ -350,6 +383,8 @@ class MountImpl final : public Mount {
   void MarkPresent(std::size_t file, std::size_t c);
   void MarkAbsent(std::size_t file, std::size_t c);
 
+  // A reader got n more bytes of b.
+  void Served(Buffer& b, std::uint64_t n);
   // Chunk c of `file`, verified, once it is in the cache (fetching it first when nobody is).
   Status ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out);
   // Starts fetching a claimed chunk into `buf`.
@@ -389,7 +424,8 @@ class MountImpl final : public Mount {
   std::uint64_t total_bytes_ = 0;
 
   std::atomic<bool> stop_{false};
-  std::atomic<std::uint64_t> bytes_cached_{0}, bytes_fetched_{0}, reads_{0}, read_errors_{0};
+  std::atomic<std::uint64_t> bytes_cached_{0}, bytes_fetched_{0}, reads_{0}, read_errors_{0}, bytes_read_back_{0};
+  std::atomic<Clock::rep> last_read_{0};  // Clock time of the last read(), for read-ahead's patience
   std::atomic<unsigned> urgent_waiting_{0};  // readers waiting for their own origin fetch
   std::atomic<bool> fill_error_logged_{false};
 
@@ -763,6 +799,7 @@ void MountImpl::OnAccess(fuse_req_t req, fuse_ino_t ino, int mask) {
 
 void MountImpl::OnRead(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off, fuse_file_info* fi) {
   ++reads_;
+  last_read_ = Clock::now().time_since_epoch().count();
   const Node* n = NodeOf(ino);
   if (n == nullptr || n->dir) {
     fuse_reply_err(req, n == nullptr ? ENOENT : EISDIR);
@@ -791,6 +828,7 @@ void MountImpl::OnRead(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t o
     if (!st.ok()) return fail(st.error());
     fuse_reply_buf(req, reinterpret_cast<const char*>(b->bytes.get() + (offset - first * chunk_bytes_)),
                    static_cast<std::size_t>(end - offset));
+    Served(*b, end - offset);
     return;
   }
   // Across chunks: one at a time (a reader never holds two buffers while it waits for memory).
@@ -804,9 +842,16 @@ void MountImpl::OnRead(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t o
     Status st = ChunkBuffer(file, c, deadline, &b);
     if (!st.ok()) return fail(st.error());
     std::memcpy(out.data() + (pos - offset), b->bytes.get() + (pos - cstart), static_cast<std::size_t>(cend - pos));
+    Served(*b, cend - pos);
     pos = cend;
   }
   fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+void MountImpl::Served(Buffer& b, std::uint64_t n) {
+  const std::uint64_t before = b.served.fetch_add(n);
+  // Fully read now: read-ahead waiting for memory may take its place (ChunkMemory::Allocate).
+  if (before < b.len && before + n >= b.len) memory_.WakeAll();
 }
 
 Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out) {
@@ -830,6 +875,7 @@ Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point
       if (!WaitFetch(*f, deadline)) continue;  // deadline or stop: said above
       std::lock_guard lk(f->mu);
       if (!f->status.ok()) {
+        if (f->read_back) continue;  // its reader said why; look again
         // A read-ahead fetch that failed is tried once more for this reader.
         if (!f->read_ahead || ++origin_failures > 1) return f->status;
         continue;
@@ -838,16 +884,45 @@ Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point
       return OkStatus();
     }
     if (entry.Present(c)) {
+      // One read-back per chunk: the kernel sends several reads of one chunk at once (its
+      // read-ahead), and each used to read the whole chunk back and check it (2.3 GiB read back
+      // for a 1 GiB model).
+      auto rb = std::make_shared<Fetch>();
+      rb->file = file;
+      rb->chunk = c;
+      rb->key = key;
+      rb->read_back = true;
+      {
+        std::lock_guard lk(fetch_mu_);
+        if (!fetches_.try_emplace(key, rb).second) continue;  // being fetched or read back: wait above
+      }
+      auto finish = [&](Status st, BufferPtr buf) {
+        {
+          std::lock_guard lk(rb->mu);
+          rb->buf = std::move(buf);
+          rb->status = std::move(st);
+          rb->done = true;
+        }
+        rb->cv.notify_all();
+        std::lock_guard lk(fetch_mu_);
+        if (auto it = fetches_.find(key); it != fetches_.end() && it->second == rb) fetches_.erase(it);
+      };
       BufferPtr b = memory_.Allocate(len, memory_.budget(), deadline, stop_);
-      if (!b) continue;
+      if (!b) {
+        finish(MakeError(Errc::kTimeout, "no memory for the chunk before the deadline"), nullptr);
+        continue;
+      }
       const std::uint64_t corrupt_before = entry.corrupt_chunks();
       Status st = entry.ReadChunk(c, b->bytes.get());
       if (st.ok()) {
+        bytes_read_back_ += len;
         MarkPresent(file, c);
         memory_.Put(key, b);
+        finish(OkStatus(), b);
         *out = std::move(b);
         return OkStatus();
       }
+      finish(st, nullptr);
       if (st.error().code != Errc::kNotFound) return st;
       // Absent after all, or its bytes on disk did not match the slot (now cleared): fetch it.
       MarkAbsent(file, c);
@@ -1057,7 +1132,11 @@ void MountImpl::ReadAheadChunk(std::unique_lock<std::mutex>& lk, std::size_t fil
     return defer();
   }
   // The buffer first, so a claimed chunk never waits for memory.
-  BufferPtr b = memory_.Allocate(static_cast<std::size_t>(ChunkLen(file, c)), read_ahead_limit_, Clock::time_point::max(), stop_);
+  // Waiting is only worth it while someone reads: with nobody reading (the mount is up before
+  // the server starts), read-ahead fills the cache at the origin's full speed.
+  const bool reader_active = Clock::now() - Clock::time_point(Clock::duration(last_read_.load())) < kReaderActive;
+  BufferPtr b = memory_.Allocate(static_cast<std::size_t>(ChunkLen(file, c)), read_ahead_limit_, Clock::time_point::max(),
+                                 stop_, reader_active ? kReadAheadPatience : std::chrono::milliseconds(0));
   if (!b) return relock();
   ChunkClaim claim;
   auto state = entries_[file]->Claim(c, &claim);
@@ -1093,6 +1172,7 @@ MountProgress MountImpl::progress() const {
   p.bytes_fetched = bytes_fetched_.load();
   p.reads = reads_.load();
   p.read_errors = read_errors_.load();
+  p.bytes_read_back = bytes_read_back_.load();
   std::lock_guard lk(ra_mu_);
   p.read_ahead_done = ra_done_;
   p.read_ahead_failures = ra_failures_;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -202,6 +203,16 @@ class MountTest : public ::testing::Test {
     return false;
   }
 
+  // Fills the cache through a first mount (read-ahead of every file), then mounts it again with
+  // no read-ahead, so that reads are served from the cache.
+  bool FillCacheThenRemount() {
+    if (!StartMount(ReadAhead::kAll)) return false;
+    const bool filled = WaitReadAhead();
+    EXPECT_TRUE(filled) << "read-ahead did not finish";
+    mount_.reset();
+    return filled && StartMount(ReadAhead::kNone);
+  }
+
   std::string OriginBytes(const std::string& name) { return ReadFile(root_ / ("bkt/models/m/" + name)); }
   std::string Mnt(const std::string& name) { return mountpoint_ + "/" + name; }
   std::uint64_t ModelBytes() {
@@ -369,10 +380,7 @@ TEST_F(MountTest, ACorruptCacheChunkIsFetchedAgain) {
 // put in the buffer LRU by several of them at once (a replaced buffer was once freed under the
 // LRU's own lock: a deadlock).
 TEST_F(MountTest, ConcurrentReadersOfCachedChunks) {
-  START_MOUNT(ReadAhead::kAll);
-  ASSERT_TRUE(WaitReadAhead());
-  mount_.reset();
-  START_MOUNT(ReadAhead::kNone);
+  MOUNT_OR_SKIP(FillCacheThenRemount());
   const MountFile& big = Largest();
   const std::string origin = OriginBytes(big.name);
   std::atomic<int> mismatches{0};
@@ -387,6 +395,57 @@ TEST_F(MountTest, ConcurrentReadersOfCachedChunks) {
   for (auto& r : readers) r.join();
   EXPECT_EQ(mismatches.load(), 0);
   EXPECT_EQ(server_->stats().media_bytes_sent, ModelBytes()) << "the second mount read the cache only";
+}
+
+// Readers of one cached chunk at the same moment (the kernel sends several reads of a chunk at
+// once) share one read-back of it from the cache; each used to read and check the whole chunk.
+TEST_F(MountTest, ReadersOfOneChunkAtOnceShareOneReadBack) {
+  MOUNT_OR_SKIP(FillCacheThenRemount());
+  const MountFile& big = Largest();
+  const std::string origin = OriginBytes(big.name);
+  constexpr int kReaders = 8;
+  std::atomic<int> mismatches{0};
+  for (std::uint64_t chunk = 0; chunk * kChunk < big.size; ++chunk) {
+    std::barrier start(kReaders);
+    std::vector<std::thread> readers;
+    for (int t = 0; t < kReaders; ++t)
+      readers.emplace_back([&, t] {
+        const int fd = ::open(Mnt(big.name).c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+          ++mismatches;
+          start.arrive_and_drop();
+          return;
+        }
+        ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);  // one page, one FUSE read: no kernel read-ahead
+        const std::uint64_t off = chunk * kChunk + static_cast<std::uint64_t>(t) * 8192;
+        std::string got(4096, '\0');
+        start.arrive_and_wait();
+        const ssize_t n = off < big.size ? ::pread(fd, got.data(), got.size(), static_cast<off_t>(off)) : 0;
+        ::close(fd);
+        if (n < 0 || got.substr(0, static_cast<std::size_t>(n)) != origin.substr(std::min<std::uint64_t>(off, origin.size()), static_cast<std::size_t>(n)))
+          ++mismatches;
+      });
+    for (auto& r : readers) r.join();
+  }
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(mount_->progress().bytes_read_back, big.size) << "each chunk read back once";
+}
+
+// Read-ahead ran ahead of a loader by more than the memory budget (here it finished before the
+// loader started). The loader then reads each file once, in order. The chunks read-ahead kept in
+// memory are the first ones it will read, and its own read-backs push out chunks it has
+// finished. Plain LRU kept the last chunks fetched, and each read-back pushed out a chunk the
+// loader was about to read, so the whole model was read back from the cache.
+TEST_F(MountTest, ALoaderBehindReadAheadReadsBackOnlyWhatMemoryCouldNotHold) {
+  MountOptions mo;
+  mo.memory_bytes = 10 * kChunk;  // read-ahead keeps 8: the small files and the first shard
+  START_MOUNT(ReadAhead::kAll, 8, mo);
+  ASSERT_TRUE(WaitReadAhead());
+  for (const auto& f : files_) EXPECT_EQ(ReadFile(Mnt(f.name)), OriginBytes(f.name)) << f.name;
+  const auto p = mount_->progress();
+  EXPECT_EQ(p.bytes_fetched, ModelBytes());
+  // About the second shard (6 chunks of the 3 MiB model); plain LRU read back nearly all.
+  EXPECT_LE(p.bytes_read_back, ModelBytes() * 6 / 10) << "read back " << p.bytes_read_back << " of " << ModelBytes();
 }
 
 // Unmounting does not wait for files left open under the mount: they read an error after.

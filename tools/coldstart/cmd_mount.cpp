@@ -103,9 +103,11 @@ int RunMount(const MountArgs& args) {
   mount->reset();  // unmounts (if still mounted) and stops read-ahead
   if (!st.ok()) return ReportError(st.error());
   if (CancelRequested()) {
-    std::fprintf(stderr, "coldstart: unmounted %s (%s); %llu reads, %llu failed\n", args.mountpoint.c_str(),
-                 CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM", static_cast<unsigned long long>(p.reads),
-                 static_cast<unsigned long long>(p.read_errors));
+    std::fprintf(stderr, "coldstart: unmounted %s (%s); %llu reads, %llu failed; %s fetched, %s read back from the cache\n",
+                 args.mountpoint.c_str(), CancelSignal() == SIGINT ? "SIGINT" : "SIGTERM",
+                 static_cast<unsigned long long>(p.reads), static_cast<unsigned long long>(p.read_errors),
+                 FormatBytes(static_cast<double>(p.bytes_fetched)).c_str(),
+                 FormatBytes(static_cast<double>(p.bytes_read_back)).c_str());
   } else {
     std::fprintf(stderr, "coldstart: %s was unmounted\n", args.mountpoint.c_str());
   }

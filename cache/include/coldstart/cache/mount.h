@@ -76,6 +76,9 @@ struct MountProgress {
   std::uint64_t bytes_cached = 0;   // present in the cache
   std::uint64_t bytes_fetched = 0;  // fetched by this mount
   std::uint64_t reads = 0, read_errors = 0;
+  // Bytes readers got by reading a chunk back from the disk cache (not from memory): what this
+  // mount read before, or another process filled.
+  std::uint64_t bytes_read_back = 0;
   bool read_ahead_done = false;     // every file wanted by read-ahead is cached (or failed)
   unsigned read_ahead_failures = 0;
 };
