@@ -315,6 +315,16 @@ class CacheImpl final : public DiskCache, public std::enable_shared_from_this<Ca
   Result<std::vector<EntryInfo>> List() override;
   std::uint64_t UsedBytes() override;
   Result<EvictReport> EvictToFit(std::uint64_t max_bytes) override;
+  Result<bool> Remove(const ObjectKey& key) override {
+    const std::string hash = SourceHash(key.ToString());
+    {
+      std::lock_guard lk(reg_mu_);
+      if (auto it = open_.find(hash); it != open_.end() && !it->second.expired()) return false;  // open here
+    }
+    bool in_use = false;
+    CS_RETURN_IF_ERROR(RemoveEntry(hash.substr(0, 2), hash, &in_use));
+    return !in_use;
+  }
   Result<VerifyReport> Verify() override;
   Result<EvictReport> Clear() override;
 

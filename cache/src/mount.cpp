@@ -73,6 +73,11 @@ constexpr unsigned kMaxFuseThreads = 64;
 constexpr std::chrono::milliseconds kReadAheadPatience{50};
 // A reader that read within this long counts as reading now (for kReadAheadPatience).
 constexpr std::chrono::milliseconds kReaderActive{250};
+// Chunks read back from the disk cache ahead of a reader (ReadBackAhead).
+constexpr std::size_t kReadBackAhead = 4;
+// Threads reading back: two keep two of the disk's reads in flight when the cache's pages are not in
+// memory (as the kernel's read-ahead does for a local file).
+constexpr unsigned kReadBackThreads = 2;
 
 // Which chunk of which file: file << 32 | chunk.
 using ChunkKey = std::uint64_t;
@@ -121,12 +126,12 @@ class ChunkMemory {
   // are in use, evicting verified chunks nobody holds (EvictOneLocked's order). nullptr when
   // `deadline` passed or `stop` was set first. `patience`: how long to wait for readers to free
   // memory before a chunk nobody has read yet is evicted for this one (read-ahead waits a
-  // little for the reader instead of pushing out what it is about to read).
+  // little for the reader instead of pushing out what it is about to read); max: never.
   BufferPtr Allocate(std::size_t len, std::uint64_t limit, Clock::time_point deadline, const std::atomic<bool>& stop,
                      std::chrono::milliseconds patience = std::chrono::milliseconds(0)) {
     std::unique_lock lk(account_->mu);
     std::unique_ptr<std::byte[]> bytes;
-    const auto impatient_at = Clock::now() + patience;
+    const auto impatient_at = patience == std::chrono::milliseconds::max() ? Clock::time_point::max() : Clock::now() + patience;
     for (;;) {
       Account& a = *account_;
       if (a.used + capacity_ <= limit) {
@@ -156,6 +161,11 @@ class ChunkMemory {
       account->cv.notify_all();
       delete p;
     });
+  }
+
+  bool Contains(ChunkKey key) {
+    std::lock_guard lk(account_->mu);
+    return index_.contains(key);
   }
 
   BufferPtr Find(ChunkKey key) {
@@ -214,10 +224,12 @@ class ChunkMemory {
     auto victim = lru_.end();
     for (auto it = lru_.rbegin(); it != lru_.rend() && victim == lru_.end(); ++it)
       if (evictable(it->second) && consumed(it->second)) victim = std::next(it).base();
+    // Without may_evict_unread, only finished chunks go: a partly read one is the chunk a
+    // reader is in the middle of.
     for (auto it = lru_.begin(); it != lru_.end() && victim == lru_.end() && may_evict_unread; ++it)
       if (evictable(it->second) && unread(it->second)) victim = it;
-    for (auto it = lru_.rbegin(); it != lru_.rend() && victim == lru_.end(); ++it)
-      if (evictable(it->second) && (may_evict_unread || !unread(it->second))) victim = std::next(it).base();
+    for (auto it = lru_.rbegin(); it != lru_.rend() && victim == lru_.end() && may_evict_unread; ++it)
+      if (evictable(it->second)) victim = std::next(it).base();
     if (victim == lru_.end()) return false;
     BufferPtr gone = std::move(victim->second);
     index_.erase(victim->first);
@@ -387,6 +399,16 @@ class MountImpl final : public Mount {
   void Served(Buffer& b, std::uint64_t n);
   // Chunk c of `file`, verified, once it is in the cache (fetching it first when nobody is).
   Status ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out);
+  // Reads chunk c, which the cache holds, back into memory and checks it. One read per chunk:
+  // callers that come while it runs wait for it (FindFetch) and are told kBusy.
+  enum class ReadBackResult { kDone, kBusy, kNoMemory, kAbsent, kFailed };
+  ReadBackResult ReadBack(std::size_t file, std::size_t c, Clock::time_point deadline, BufferPtr* out, Status* error,
+                          std::chrono::milliseconds patience = std::chrono::milliseconds(0));
+  // A reader reached chunk c: the next kReadBackAhead chunks of the file that the cache holds
+  // and memory does not are read back on their own thread, so the next chunk's disk read
+  // overlaps this one's copies.
+  void ReadBackAhead(std::size_t file, std::size_t c);
+  void ReadBackLoop();
   // Starts fetching a claimed chunk into `buf`.
   std::shared_ptr<Fetch> StartFetch(std::size_t file, std::size_t c, ChunkClaim claim, BufferPtr buf, bool read_ahead);
   std::shared_ptr<Fetch> FindFetch(ChunkKey key);
@@ -400,6 +422,8 @@ class MountImpl final : public Mount {
   void WakeReadAhead() {
     { std::lock_guard lk(ra_mu_); }
     ra_cv_.notify_all();
+    { std::lock_guard lk(rb_mu_); }
+    rb_cv_.notify_all();
   }
   void ReadAheadLoop();
   void ReadAheadChunk(std::unique_lock<std::mutex>& lk, std::size_t file, std::size_t c, bool deferred);
@@ -451,6 +475,10 @@ class MountImpl final : public Mount {
   unsigned ra_failures_ = 0;
   bool ra_done_ = true;
   std::thread ra_thread_;
+  std::mutex rb_mu_;
+  std::condition_variable rb_cv_;
+  std::deque<ChunkKey> rb_queue_;  // GUARDED_BY(rb_mu_): chunks for ReadBackLoop
+  std::vector<std::thread> rb_threads_;
 
   // The FUSE session.
   fuse_session* se_ = nullptr;
@@ -647,6 +675,7 @@ Status MountImpl::Init() {
 
   for (unsigned i = 0; i < kFillThreads; ++i) fill_threads_.emplace_back([this] { FillLoop(); });
   ra_thread_ = std::thread([this] { ReadAheadLoop(); });
+  for (unsigned i = 0; i < kReadBackThreads; ++i) rb_threads_.emplace_back([this] { ReadBackLoop(); });
   loop_thread_ = std::thread([this] { LoopMain(); });
 
   // Returns once the kernel has finished FUSE_INIT with our loop and answers for the root.
@@ -821,7 +850,10 @@ void MountImpl::OnRead(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t o
     fuse_reply_err(req, EIO);
   };
   const std::size_t first = static_cast<std::size_t>(offset / chunk_bytes_);
-  if ((end - 1) / chunk_bytes_ == first) {
+  const std::size_t last = static_cast<std::size_t>((end - 1) / chunk_bytes_);
+  // A reader moving into a chunk (a loader reads in order): read the next ones back meanwhile.
+  if (offset % chunk_bytes_ == 0 || last != first) ReadBackAhead(file, last);
+  if (last == first) {
     // Within one chunk (nearly every read): straight from the verified buffer to the kernel.
     BufferPtr b;
     Status st = ChunkBuffer(file, first, deadline, &b);
@@ -884,50 +916,14 @@ Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point
       return OkStatus();
     }
     if (entry.Present(c)) {
-      // One read-back per chunk: the kernel sends several reads of one chunk at once (its
-      // read-ahead), and each used to read the whole chunk back and check it (2.3 GiB read back
-      // for a 1 GiB model).
-      auto rb = std::make_shared<Fetch>();
-      rb->file = file;
-      rb->chunk = c;
-      rb->key = key;
-      rb->read_back = true;
-      {
-        std::lock_guard lk(fetch_mu_);
-        if (!fetches_.try_emplace(key, rb).second) continue;  // being fetched or read back: wait above
+      Status error = OkStatus();
+      switch (ReadBack(file, c, deadline, out, &error)) {
+        case ReadBackResult::kDone: return OkStatus();
+        case ReadBackResult::kBusy:
+        case ReadBackResult::kNoMemory: continue;  // wait above, or the deadline
+        case ReadBackResult::kFailed: return error;
+        case ReadBackResult::kAbsent: break;        // fetched below
       }
-      auto finish = [&](Status st, BufferPtr buf) {
-        {
-          std::lock_guard lk(rb->mu);
-          rb->buf = std::move(buf);
-          rb->status = std::move(st);
-          rb->done = true;
-        }
-        rb->cv.notify_all();
-        std::lock_guard lk(fetch_mu_);
-        if (auto it = fetches_.find(key); it != fetches_.end() && it->second == rb) fetches_.erase(it);
-      };
-      BufferPtr b = memory_.Allocate(len, memory_.budget(), deadline, stop_);
-      if (!b) {
-        finish(MakeError(Errc::kTimeout, "no memory for the chunk before the deadline"), nullptr);
-        continue;
-      }
-      const std::uint64_t corrupt_before = entry.corrupt_chunks();
-      Status st = entry.ReadChunk(c, b->bytes.get());
-      if (st.ok()) {
-        bytes_read_back_ += len;
-        MarkPresent(file, c);
-        memory_.Put(key, b);
-        finish(OkStatus(), b);
-        *out = std::move(b);
-        return OkStatus();
-      }
-      finish(st, nullptr);
-      if (st.error().code != Errc::kNotFound) return st;
-      // Absent after all, or its bytes on disk did not match the slot (now cleared): fetch it.
-      MarkAbsent(file, c);
-      if (entry.corrupt_chunks() != corrupt_before)
-        Log(Describe(file) + ": chunk " + std::to_string(c) + " in the cache did not match its checksum; fetching it again");
     }
     ChunkClaim claim;
     auto state = entry.Claim(c, &claim);
@@ -952,6 +948,99 @@ Status MountImpl::ChunkBuffer(std::size_t file, std::size_t c, Clock::time_point
     if (!f->status.ok()) return f->status;
     *out = f->buf;
     return OkStatus();
+  }
+}
+
+MountImpl::ReadBackResult MountImpl::ReadBack(std::size_t file, std::size_t c, Clock::time_point deadline,
+                                              BufferPtr* out, Status* error, std::chrono::milliseconds patience) {
+  // One read-back per chunk: the kernel sends several reads of one chunk at once (its
+  // read-ahead), and each used to read the whole chunk back and check it (2.3 GiB read back for
+  // a 1 GiB model).
+  const ChunkKey key = KeyOf(file, c);
+  const auto len = static_cast<std::size_t>(ChunkLen(file, c));
+  CacheEntry& entry = *entries_[file];
+  auto rb = std::make_shared<Fetch>();
+  rb->file = file;
+  rb->chunk = c;
+  rb->key = key;
+  rb->read_back = true;
+  {
+    std::lock_guard lk(fetch_mu_);
+    if (!fetches_.try_emplace(key, rb).second) return ReadBackResult::kBusy;  // being fetched or read back
+  }
+  auto finish = [&](Status st, BufferPtr buf) {
+    {
+      std::lock_guard lk(rb->mu);
+      rb->buf = std::move(buf);
+      rb->status = std::move(st);
+      rb->done = true;
+    }
+    rb->cv.notify_all();
+    std::lock_guard lk(fetch_mu_);
+    if (auto it = fetches_.find(key); it != fetches_.end() && it->second == rb) fetches_.erase(it);
+  };
+  // Read back ahead of a reader (patience max), it stays within read-ahead's share of memory.
+  const std::uint64_t limit = patience == std::chrono::milliseconds::max() ? read_ahead_limit_ : memory_.budget();
+  BufferPtr b = memory_.Allocate(len, limit, deadline, stop_, patience);
+  if (!b) {
+    finish(MakeError(Errc::kTimeout, "no memory for the chunk before the deadline"), nullptr);
+    return ReadBackResult::kNoMemory;
+  }
+  const std::uint64_t corrupt_before = entry.corrupt_chunks();
+  Status st = entry.ReadChunk(c, b->bytes.get());
+  if (st.ok()) {
+    bytes_read_back_ += len;
+    MarkPresent(file, c);
+    memory_.Put(key, b);
+    finish(OkStatus(), b);
+    *out = std::move(b);
+    return ReadBackResult::kDone;
+  }
+  finish(st, nullptr);
+  if (st.error().code != Errc::kNotFound) {
+    *error = std::move(st);
+    return ReadBackResult::kFailed;
+  }
+  // Absent after all, or its bytes on disk did not match the slot (now cleared): to be fetched.
+  MarkAbsent(file, c);
+  if (entry.corrupt_chunks() != corrupt_before)
+    Log(Describe(file) + ": chunk " + std::to_string(c) + " in the cache did not match its checksum; fetching it again");
+  return ReadBackResult::kAbsent;
+}
+
+void MountImpl::ReadBackAhead(std::size_t file, std::size_t c) {
+  bool queued = false;
+  for (std::size_t k = c + 1; k <= c + kReadBackAhead && k < ChunkCount(file); ++k) {
+    const ChunkKey key = KeyOf(file, k);
+    if (!entries_[file]->Present(k) || memory_.Contains(key) || FindFetch(key)) continue;
+    std::lock_guard lk(rb_mu_);
+    if (std::find(rb_queue_.begin(), rb_queue_.end(), key) != rb_queue_.end()) continue;
+    rb_queue_.push_back(key);
+    queued = true;
+  }
+  if (queued) rb_cv_.notify_one();
+}
+
+void MountImpl::ReadBackLoop() {
+  pthread_setname_np(pthread_self(), "cs-mount-rb");
+  std::unique_lock lk(rb_mu_);
+  for (;;) {
+    rb_cv_.wait(lk, [&] { return stop_.load() || !rb_queue_.empty(); });
+    if (stop_.load()) return;
+    const ChunkKey key = rb_queue_.front();
+    rb_queue_.pop_front();
+    lk.unlock();
+    const auto file = static_cast<std::size_t>(key >> 32);
+    const auto c = static_cast<std::size_t>(key & 0xffffffffu);
+    // Never waits for memory, and only pushes out chunks readers have finished: a chunk read
+    // back ahead must not take the place of one a reader is about to read. When memory is
+    // full, the reader reads it back itself.
+    if (!memory_.Contains(key)) {
+      BufferPtr ignored;
+      Status error = OkStatus();
+      (void)ReadBack(file, c, Clock::now(), &ignored, &error, std::chrono::milliseconds::max());  // failures: its reader sees them
+    }
+    lk.lock();
   }
 }
 
@@ -1237,6 +1326,8 @@ void MountImpl::Shutdown() {
     ra_cv_.notify_all();
     ra_thread_.join();
   }
+  rb_cv_.notify_all();
+  for (auto& t : rb_threads_) t.join();
   {
     // Every Origin::Read calls done exactly once; wait for them all (CancelAll hurried them).
     std::unique_lock lk(fetch_mu_);
@@ -1252,6 +1343,16 @@ void MountImpl::Shutdown() {
     se_ = nullptr;
   }
   memory_.Clear();
+  // Entries of this mount alone (objects with no version) go with it.
+  for (std::size_t i = 0; i < files_.size() && i < entries_.size(); ++i) {
+    if (!files_[i].ephemeral || !entries_[i]) continue;
+    entries_[i].reset();
+    auto removed = cache_->Remove(files_[i].key);
+    if (!removed.ok() || !*removed)
+      Log("could not remove this mount's own cache entry of " + Describe(i) + " (" +
+          (removed.ok() ? std::string("another process has it open") : removed.error().ToString()) +
+          "); `coldstart cache evict` or the size cap removes it later");
+  }
 }
 
 }  // namespace

@@ -10,11 +10,13 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <list>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
 #include "coldstart/core/crc32c.h"
@@ -424,12 +426,27 @@ Result<MountSource> OpenMountSource(const std::string& source, const fetch::Remo
   }
   MountSource out;
   std::vector<fetch::RemoteObject> objects;
+  std::string nonce;  // one per mount, for objects with no version
   for (auto& f : *listed) {
     cache::MountFile m;
     m.name = f.name;
     m.size = f.object.size;
     m.mtime_unix = f.mtime_unix;
     m.key = CacheKeyFor(**session, f);
+    if (!Cacheable(m.key)) {
+      // No generation, ETag or Last-Modified: a later mount could not tell a rewrite of the same
+      // size from what is cached, so this mount's entry is its own and goes when it ends.
+      if (nonce.empty()) {
+        std::random_device rd;
+        char buf[17];
+        std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+        nonce = buf;
+      }
+      m.key.version = "unversioned-" + nonce;
+      m.ephemeral = true;
+      if (warn)
+        warn(f.object.display + " has no version (ETag or Last-Modified); it is cached for this mount only");
+    }
     out.files.push_back(std::move(m));
     objects.push_back(std::move(f.object));
   }

@@ -205,6 +205,9 @@ class DiskCache {
   virtual Result<VerifyReport> Verify() = 0;
   // Removes every entry not in use (and the listings).
   virtual Result<EvictReport> Clear() = 0;
+  // Removes the entry of `key` unless some process has it open (then false); true when it is
+  // gone (or was never there).
+  virtual Result<bool> Remove(const ObjectKey& key) = 0;
 };
 
 }  // namespace coldstart::cache

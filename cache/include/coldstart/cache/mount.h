@@ -47,6 +47,9 @@ struct MountFile {
   std::uint64_t size = 0;
   std::int64_t mtime_unix = 0;
   ObjectKey key;           // its cache entry
+  // The entry is this mount's alone (an object with no version: a later mount could not tell
+  // a rewrite of the same size from it): never reused, removed when the mount ends.
+  bool ephemeral = false;
 };
 
 enum class ReadAhead {
