@@ -1009,6 +1009,12 @@ MountImpl::ReadBackResult MountImpl::ReadBack(std::size_t file, std::size_t c, C
 }
 
 void MountImpl::ReadBackAhead(std::size_t file, std::size_t c) {
+  {
+    // While read-ahead fetches, memory is its: chunks read back ahead would push out (or be
+    // pushed out by) chunks on their way from the origin.
+    std::lock_guard lk(ra_mu_);
+    if (ra_inflight_ > 0) return;
+  }
   bool queued = false;
   for (std::size_t k = c + 1; k <= c + kReadBackAhead && k < ChunkCount(file); ++k) {
     const ChunkKey key = KeyOf(file, k);
