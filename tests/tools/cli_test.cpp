@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <thread>
+#include <tuple>
 
 #include <cstdio>
 #include <filesystem>
@@ -539,6 +540,31 @@ TEST_F(CliSlow, SignalsCancelLoadsInOneLine) {
   EXPECT_EQ(s.code, 130) << s.err;
   EXPECT_EQ(Lines(s.err), 1) << s.err;
   EXPECT_EQ(s.err.rfind("coldstart: cancelled by SIGINT", 0), 0u) << s.err;
+}
+
+// A server that takes its time with the listing: the first signal ends the load at once, in one
+// line with the usual status, rather than once the listing's retries give up (minutes).
+TEST_F(CliSlow, ASignalDuringTheListingEndsTheLoadAtOnce) {
+  coldstart::fakegcs::FaultSpec slow;
+  slow.kind = coldstart::fakegcs::FaultSpec::Kind::kFirstByteDelay;
+  slow.seconds = 20;
+  slow.media_only = false;  // the listing and metadata requests too
+  slow.count = 0;           // every one
+  server_->AddFault(slow);
+  for (const auto& [args, sig, code] : std::vector<std::tuple<std::string, int, int>>{
+           {"load gs://bkt/m --no-torch", SIGTERM, 143}, {"load gs://bkt/m --device sim", SIGINT, 130}}) {
+    Child c(args, env_);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const auto t0 = std::chrono::steady_clock::now();
+    c.Signal(sig);
+    auto r = c.Wait();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5)) << args;
+    EXPECT_EQ(r.code, code) << args << ": " << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find("cancelled by " + std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " (while listing"),
+              std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
 }
 
 TEST_F(CliSlow, ConcurrentPrefetchesIntoOneFolderNeverShareAFile) {

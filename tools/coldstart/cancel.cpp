@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace coldstart::cli {
 namespace {
@@ -89,6 +90,18 @@ void OnCancelSignal(std::function<void()> fn) {
   std::lock_guard lk(g_handler_mu);
   g_handler = std::move(fn);
   if (g_handler && CancelRequested()) g_handler();
+}
+
+ExitOnCancel::ExitOnCancel(std::string detail) {
+  std::function<void()> exit_now = [detail = std::move(detail)] { ::_exit(ReportCancelled(detail)); };
+  std::lock_guard lk(g_handler_mu);
+  saved_ = std::exchange(g_handler, exit_now);
+  if (CancelRequested()) exit_now();
+}
+
+ExitOnCancel::~ExitOnCancel() {
+  std::lock_guard lk(g_handler_mu);
+  g_handler = std::move(saved_);
 }
 
 int CancelSignal() { return g_signal.load(std::memory_order_relaxed); }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <string_view>
 
 namespace coldstart::cli {
@@ -25,6 +26,21 @@ void OnCancelSignal(std::function<void()> fn);
 // Prints "coldstart: cancelled by SIGINT[ (detail)]" on stderr; returns 128 + the signal
 // (130 for SIGINT, 143 for SIGTERM).
 int ReportCancelled(std::string_view detail = {});
+
+// For a step that cannot be told to stop and has nothing to clean up (listing a model and
+// reading its headers): while it lives, the first signal (or one that came already) ends the
+// process at once, after ReportCancelled(detail). The handler OnCancelSignal had set is back
+// afterwards.
+class ExitOnCancel {
+ public:
+  explicit ExitOnCancel(std::string detail);
+  ~ExitOnCancel();
+  ExitOnCancel(const ExitOnCancel&) = delete;
+  ExitOnCancel& operator=(const ExitOnCancel&) = delete;
+
+ private:
+  std::function<void()> saved_;
+};
 
 // From now on every SIGINT and SIGTERM is sent on to process `pid` (preload's CMD, which
 // decides what a signal means) instead of cancelling, and a second one no longer exits.

@@ -1,5 +1,7 @@
 #include "options.h"
 
+#include "cancel.h"
+
 namespace coldstart::cli {
 
 Result<loader::HostLoadOptions> MakeHostLoadOptions(const ReadFlags& flags) {
@@ -65,6 +67,11 @@ Result<fetch::RemoteOptions> MakeRemoteOptions(const RemoteFlags& flags) {
 
 Result<loader::OpenedModel> OpenModel(const std::string& source, const RemoteFlags& flags, cache::DiskCache* cache) {
   CS_ASSIGN_OR_RETURN(auto o, MakeRemoteOptions(flags));
+  // The listing and header reads cannot be told to stop, and a stalled server keeps them
+  // waiting up to the retry policy's limits (minutes). A signal meanwhile ends the process at
+  // once, with the usual line and status: nothing has been written but disk-cache chunks, which
+  // survive a kill -9 by design.
+  ExitOnCancel exit_on_cancel("while listing the model and reading its headers");
   return loader::OpenModel(source, o, Env::FromProcess(), cache);
 }
 
