@@ -1116,14 +1116,21 @@ Result<std::uint64_t> ReadOrCreateConfig(int dirfd, const DiskCacheOptions& o) {
     if (text.error().code != Errc::kNotFound) return std::move(text).error();
     if (!o.create) return MakeError(Errc::kNotFound, o.dir + ": no coldstart cache here (no config)");
     // A folder with other things in it and no config is someone else's: never fill (or clear) it.
+    // Unless the config is there now: another process created it since we looked (first opens
+    // racing), and what else is there may be its own (its files, or its caller's): read it again.
     std::error_code ec;
+    bool config_now = false;
+    std::string foreign;
     for (std::filesystem::directory_iterator it(o.dir, ec), end; !ec && it != end; it.increment(ec)) {
       const std::string n = it->path().filename().string();
-      // "config" itself: another process created it since we looked (first opens racing).
-      if (n != "config" && n != "entries" && n != "listings" && n != "CACHEDIR.TAG" && n != "evict.lock" &&
-          n.rfind(".tmp-", 0) != 0)
-        return MakeError(Errc::kFormat, o.dir + ": not a coldstart cache folder (it holds '" + n + "' and no config)");
+      if (n == "config") config_now = true;
+      else if (foreign.empty() && n != "entries" && n != "listings" && n != "CACHEDIR.TAG" && n != "evict.lock" &&
+               n.rfind(".tmp-", 0) != 0)
+        foreign = n;
     }
+    if (config_now) continue;
+    if (!foreign.empty())
+      return MakeError(Errc::kFormat, o.dir + ": not a coldstart cache folder (it holds '" + foreign + "' and no config)");
     const std::string tmp = ".tmp-config-" + RandomSuffix();
     Fd fd = OpenAt(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL);
     if (!fd) return MakePathError(o.dir + "/" + tmp + ": cannot create", errno);
