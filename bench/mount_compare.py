@@ -246,6 +246,9 @@ def main():
             unmount(m)
         ngx.send_signal(signal.SIGQUIT)
         ngx.wait(timeout=10)
+        # The last round's caches and copies (2 GiB and more a run; the model in --dir/www stays
+        # for the next run).
+        shutil.rmtree(work, ignore_errors=True)
 
     med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in results.items()}
     mount_rate = shard_bytes / med["coldstart mount"]["wall"]

@@ -95,6 +95,9 @@ def main():
     finally:
         ngx.send_signal(signal.SIGQUIT)
         ngx.wait(timeout=10)
+        # nginx's folder and every tool's last copy (1 GiB each by default); the model stays.
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(dest_root, ignore_errors=True)
     print(f"\n{total / 2**30:.2f} GiB in {len(files)} files, per-connection cap {a.cap / 1e6:.0f} MB/s, "
           f"median of {a.runs} runs")
     print(f"  {'tool':36} {'MB/s':>8} {'wall s':>7} {'CPU s/GB':>9} {'peak RSS MiB':>12}")
